@@ -1,0 +1,140 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.config import NetConfig
+from model.inconsistency import (
+    binary_entropy,
+    flat_mean,
+    inconsistency_maps,
+    pair_scores,
+    prediction_inconsistency,
+    scale_balanced_mean,
+)
+from model.network import BranchOutput, NetOutput, ThreeBranchNet
+
+
+def entropy_bits(p: float) -> float:
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def test_binary_entropy_hand_values():
+    values = binary_entropy(torch.tensor([0.5, 0.9, 0.25]))
+    expected = torch.tensor([1.0, entropy_bits(0.9), entropy_bits(0.25)])
+    torch.testing.assert_close(values, expected)
+    assert binary_entropy(torch.tensor([0.0, 1.0])).max() < 1e-4  # clamped, finite
+
+
+@pytest.mark.parametrize(
+    ("p_v", "p_t", "expected"),
+    [
+        (0.5, 0.5, 0.0),
+        (0.0, 1.0, 1.0),
+        (0.9, 0.1, 1.0 - entropy_bits(0.9)),  # mean is 0.5 -> H = 1; both branches have H(0.9)
+        (0.8, 0.8, 0.0),
+        # mean 0.6: H(0.6) - (H(0.2) + H(1.0)) / 2, with H(1.0) = 0
+        (0.2, 1.0, entropy_bits(0.6) - entropy_bits(0.2) / 2),
+    ],
+)
+def test_prediction_inconsistency_hand_values(p_v, p_t, expected):
+    value = prediction_inconsistency(torch.tensor([p_v]), torch.tensor([p_t]))
+    assert value.item() == pytest.approx(expected, abs=1e-4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0, 1), min_size=1, max_size=20),
+    st.lists(st.floats(0, 1), min_size=1, max_size=20),
+)
+def test_inconsistency_range_and_symmetry(a, b):
+    n = min(len(a), len(b))
+    p_v, p_t = torch.tensor(a[:n]), torch.tensor(b[:n])
+    forward = prediction_inconsistency(p_v, p_t)
+    backward = prediction_inconsistency(p_t, p_v)
+    assert torch.all(forward >= 0) and torch.all(forward <= 1)
+    torch.testing.assert_close(forward, backward)
+    torch.testing.assert_close(prediction_inconsistency(p_v, p_v), torch.zeros(n), atol=1e-5, rtol=0)
+
+
+def test_class_reduction_max_mean_and_background_excluded():
+    # Class dim last: [background, class1, class2]. Only the background's and class 1's one-vs-rest differ.
+    p_v = torch.tensor([[0.5, 0.5, 0.0]])
+    p_t = torch.tensor([[0.9, 0.1, 0.0]])
+    i_class1 = prediction_inconsistency(torch.tensor(0.5), torch.tensor(0.1)).item()
+    assert prediction_inconsistency(p_v, p_t, class_dim=-1).item() == pytest.approx(i_class1, abs=1e-6)
+    mean = prediction_inconsistency(p_v, p_t, class_dim=-1, reduction="mean").item()
+    assert mean == pytest.approx(i_class1 / 2, abs=1e-6)
+    # A disagreement on the background alone does not count once background is excluded...
+    bg_only_v = torch.tensor([[1.0, 0.0, 0.0]])
+    bg_only_t = torch.tensor([[0.0, 0.0, 0.0]])
+    assert prediction_inconsistency(bg_only_v, bg_only_t, class_dim=-1).item() < 1e-4
+    # ...but does when every class is kept.
+    kept = prediction_inconsistency(bg_only_v, bg_only_t, class_dim=-1, background_index=None)
+    assert kept.item() > 0.99
+
+
+def test_class_dim_one_for_segmentation_layout():
+    p_v = torch.zeros(2, 3, 4, 5)
+    p_v[:, 1] = 1.0
+    p_t = torch.zeros(2, 3, 4, 5)
+    p_t[:, 2] = 1.0
+    out = prediction_inconsistency(p_v, p_t, class_dim=1)
+    assert out.shape == (2, 4, 5)
+    assert torch.all(out > 0.99)
+
+
+def test_scale_balanced_differs_from_flat_mean():
+    # Level 0: 100 agreeing predictions; level 1: one total disagreement.
+    fine = torch.zeros(1, 100)
+    coarse = torch.ones(1, 1)
+    assert scale_balanced_mean([fine, coarse]).item() == pytest.approx(0.5)
+    assert flat_mean([fine, coarse]).item() == pytest.approx(1 / 101)
+
+
+def test_scale_balanced_is_per_pair():
+    levels = [torch.tensor([[0.0, 1.0], [1.0, 1.0]]), torch.tensor([[1.0], [0.0]])]
+    torch.testing.assert_close(scale_balanced_mean(levels), torch.tensor([0.75, 0.5]))
+
+
+def _detection_output(visible_logits, thermal_logits) -> NetOutput:
+    return NetOutput(
+        image_size=(8, 8),
+        visible=BranchOutput(visible_logits, [torch.zeros(*v.shape[:2], 4) for v in visible_logits]),
+        thermal=BranchOutput(thermal_logits, [torch.zeros(*v.shape[:2], 4) for v in thermal_logits]),
+        fused=BranchOutput(visible_logits, [torch.zeros(*v.shape[:2], 4) for v in visible_logits]),
+        attention=[],
+        embedding=torch.zeros(visible_logits[0].shape[0], 1),
+    )
+
+
+def test_pair_scores_from_branch_logits():
+    big = 30.0  # softmax of +-30 logits is 0/1 up to 1e-13
+    # Pair 0 agrees everywhere. Pair 1: level 0 (4 anchors) has one total disagreement on class 1,
+    # level 1 (1 anchor) disagrees totally -> scale-balanced (1/4 + 1) / 2 = 0.625, flat 2/5.
+    v0 = torch.full((2, 4, 2), 0.0)
+    v0[..., 0] = big
+    t0 = v0.clone()
+    t0[1, 0] = torch.tensor([0.0, big])
+    v1 = torch.tensor([[[big, 0.0]], [[big, 0.0]]])
+    t1 = torch.tensor([[[big, 0.0]], [[0.0, big]]])
+    output = _detection_output([v0, v1], [t0, t1])
+    torch.testing.assert_close(pair_scores(output), torch.tensor([0.0, 0.625]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        pair_scores(output, aggregation="flat"), torch.tensor([0.0, 0.4]), atol=1e-4, rtol=0
+    )
+    maps = inconsistency_maps(output)
+    assert [m.shape for m in maps] == [(2, 4), (2, 1)]
+
+
+def test_pair_scores_independent_of_batch_composition():
+    torch.manual_seed(0)
+    net = ThreeBranchNet(NetConfig(class_names=("person", "car"), width=0.125, image_size=(64, 80))).eval()
+    rgb, thermal = torch.rand(3, 3, 64, 80), torch.rand(3, 1, 64, 80)
+    with torch.no_grad():
+        together = pair_scores(net(rgb, thermal))
+        alone = torch.cat([pair_scores(net(rgb[i : i + 1], thermal[i : i + 1])) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    assert torch.all((together >= 0) & (together <= 1))
