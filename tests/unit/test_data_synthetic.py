@@ -1,0 +1,216 @@
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from model.data.synthetic import (
+    CONDITIONS,
+    GENERATOR_VERSION,
+    PERSON,
+    SyntheticConfig,
+    SyntheticRGBT,
+    generate_pair,
+)
+
+
+def contrast(image: np.ndarray, mask: np.ndarray, background: np.ndarray) -> float:
+    """Mean absolute difference between object pixels and a ring of background just around them."""
+    image = image.astype(np.float32) if image.ndim == 2 else image.astype(np.float32).mean(axis=2)
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & background
+    return float(abs(image[mask].mean() - image[ring].mean()))
+
+
+def test_deterministic_by_seed_and_index():
+    a = SyntheticRGBT(5, seed=7, image_size=(64, 80))
+    b = SyntheticRGBT(5, seed=7, image_size=(64, 80))
+    c = SyntheticRGBT(5, seed=8, image_size=(64, 80))
+    for i in range(5):
+        np.testing.assert_array_equal(a[i].rgb, b[i].rgb)
+        np.testing.assert_array_equal(a[i].thermal, b[i].thermal)
+        np.testing.assert_array_equal(a[i].boxes, b[i].boxes)
+    assert any(not np.array_equal(a[i].rgb, c[i].rgb) for i in range(5))
+    # Random access does not depend on what was generated before.
+    np.testing.assert_array_equal(SyntheticRGBT(5, seed=7, image_size=(64, 80))[3].rgb, a[3].rgb)
+
+
+def test_records_are_well_formed():
+    reader = SyntheticRGBT(30, seed=1, image_size=(96, 120))
+    for record in (reader[i] for i in range(30)):
+        assert record.rgb.shape == (96, 120, 3) and record.thermal.shape == (96, 120)
+        assert record.mask.shape == (96, 120)
+        assert len(record.boxes) == len(record.labels) == len(record.ignore) >= 1
+        assert set(np.unique(record.labels)) <= {1, 2, 3}
+        assert (record.boxes[:, 2] > record.boxes[:, 0]).all() and (
+            record.boxes[:, 3] > record.boxes[:, 1]
+        ).all()
+        assert record.condition in CONDITIONS
+        assert set(np.unique(record.mask)) <= {0, 1, 2, 3}
+
+
+def test_test_split_is_balanced_and_train_follows_shares():
+    test = SyntheticRGBT(60, seed=0, split="test", image_size=(64, 80))
+    counts = {c: test.conditions.count(c) for c in CONDITIONS}
+    assert set(counts.values()) == {10}
+    train = SyntheticRGBT(2000, seed=0, split="train", image_size=(64, 80))
+    share = train.conditions.count("clear_day") / 2000
+    assert 0.6 < share < 0.7
+    assert 0.07 < train.conditions.count("night") / 2000 < 0.13
+
+
+def _mean_contrast(condition: str, modality: str, label: int | None = None, n: int = 12) -> float:
+    values = []
+    for seed in range(n):
+        record = generate_pair(
+            np.random.default_rng(seed), condition, (96, 120), SyntheticConfig(max_misalignment=0)
+        )
+        mask = record.mask > 0 if label is None else record.mask == label
+        if mask.sum() < 10:
+            continue
+        image = record.rgb if modality == "rgb" else record.thermal
+        values.append(contrast(image, mask, record.mask == 0))
+    return float(np.mean(values))
+
+
+def test_conditions_change_what_each_sensor_sees():
+    # Night: objects fade in RGB, stay clear in thermal.
+    assert _mean_contrast("night", "rgb") < 0.2 * _mean_contrast("clear_day", "rgb")
+    assert _mean_contrast("night", "thermal") > 0.7 * _mean_contrast("clear_day", "thermal")
+    # Crossover: warm bodies barely above the ground in thermal; RGB unaffected.
+    assert _mean_contrast("crossover", "thermal", PERSON) < 0.25 * _mean_contrast(
+        "clear_day", "thermal", PERSON
+    )
+    assert _mean_contrast("crossover", "rgb") > 0.6 * _mean_contrast("clear_day", "rgb")
+    # Cold objects: cars at ambient temperature.
+    assert _mean_contrast("cold_objects", "thermal", 2) < 0.2 * _mean_contrast("clear_day", "thermal", 2)
+
+
+def test_unknown_condition_and_bad_config_rejected():
+    with pytest.raises(ValueError, match="unknown condition"):
+        generate_pair(np.random.default_rng(0), "fog")
+    with pytest.raises(ValueError, match="unknown conditions"):
+        SyntheticConfig(condition_shares={"fog": 1.0})
+
+
+@pytest.mark.parametrize("fmt", ["flir-aligned", "mfnet"])
+def test_written_dataset_reads_back_with_the_real_reader(tmp_path, fmt):
+    from model.data.readers import open_dataset
+    from model.data.synthetic import MFNET_IDS, write_dataset
+
+    root = write_dataset(
+        tmp_path / fmt, n_train=6, n_val=2, n_test=6, seed=3, image_size=(64, 80), format=fmt
+    )
+    source = {
+        split: SyntheticRGBT(n, seed=3, split=split, image_size=(64, 80))
+        for split, n in (("train", 6), ("val", 2), ("test", 6))
+    }
+    for split in ("train", "val", "test"):
+        reader = open_dataset(root, fmt, split)
+        assert len(reader) == len(source[split])
+        assert reader.conditions == source[split].conditions
+        for i in range(len(reader)):
+            got, want = reader[i], source[split][i]
+            assert got.condition == want.condition
+            if fmt == "flir-aligned":
+                assert reader.class_names == ["person", "car", "bicycle"]
+                np.testing.assert_allclose(got.boxes, want.boxes)
+                np.testing.assert_array_equal(got.labels, want.labels)
+                np.testing.assert_array_equal(got.ignore, want.ignore)
+                error = ((got.rgb.astype(float) - want.rgb) ** 2).mean()
+                assert 10 * np.log10(255**2 / error) > 25  # JPEG of noisy pixels; another pair is < 15 dB
+            else:
+                expected = np.zeros_like(want.mask)
+                for synth_id, mfnet_id in MFNET_IDS.items():
+                    expected[want.mask == synth_id] = mfnet_id
+                np.testing.assert_array_equal(got.mask, expected)
+                np.testing.assert_array_equal(got.rgb, want.rgb)  # PNG is lossless
+                np.testing.assert_array_equal(got.thermal, want.thermal)
+
+
+def test_records_carry_seed_version_and_split():
+    record = SyntheticRGBT(3, seed=21, split="val", image_size=(64, 80))[2]
+    assert record.meta["seed"] == 21 and record.meta["split"] == "val" and record.meta["index"] == 2
+    assert record.meta["generator_version"] == GENERATOR_VERSION
+    assert record.pair_id == "synth-val-00002"
+    # Splits are independent streams: item 2 of val is not item 2 of train.
+    train = SyntheticRGBT(3, seed=21, split="train", image_size=(64, 80))[2]
+    assert not np.array_equal(train.rgb, record.rgb)
+
+
+def test_object_sizes_span_pyramid_levels():
+    reader = SyntheticRGBT(120, seed=0, image_size=(128, 160))
+    records = [reader[i] for i in range(120)]
+    heights = np.concatenate([r.boxes[:, 3] - r.boxes[:, 1] for r in records])
+    counts = np.array([len(r.boxes) for r in records])
+    # From ~8 px to ~half the image: small objects land on the finest SSD maps, large ones on coarse maps.
+    assert heights.min() <= 12 and heights.max() >= 0.4 * 128
+    assert np.mean(heights < 16) > 0.1 and np.mean(heights > 40) > 0.05
+    assert counts.min() >= 1 and counts.max() >= 4 and len(set(counts.tolist())) >= 3
+    labels = np.concatenate([r.labels for r in records])
+    assert set(labels.tolist()) == {1, 2, 3}
+
+
+def test_thermal_is_slightly_misaligned():
+    shifts = set()
+    for seed in range(8):
+        rng_a, rng_b = np.random.default_rng(seed), np.random.default_rng(seed)
+        aligned = generate_pair(rng_a, "clear_day", (64, 80), SyntheticConfig(max_misalignment=0))
+        shifted = generate_pair(rng_b, "clear_day", (64, 80), SyntheticConfig(max_misalignment=2))
+        np.testing.assert_array_equal(aligned.rgb, shifted.rgb)  # only the thermal image moves
+        np.testing.assert_array_equal(aligned.mask, shifted.mask)  # targets follow RGB
+        match = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(np.roll(aligned.thermal, (dy, dx), axis=(0, 1)), shifted.thermal)
+        ]
+        assert len(match) == 1
+        shifts.add(match[0])
+    assert len(shifts) > 1 and shifts != {(0, 0)}
+
+
+def _false_blob_fraction(condition: str, n: int = 12) -> tuple[float, float]:
+    """Share of background pixels, away from every object, that look like glare: white in RGB, person-warm
+    in thermal."""
+    rgb_share, thermal_share = [], []
+    for seed in range(n):
+        record = generate_pair(
+            np.random.default_rng(seed), condition, (96, 120), SyntheticConfig(max_misalignment=0)
+        )
+        near = cv2.dilate((record.mask > 0).astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+        far = ~near
+        rgb_share.append(float((record.rgb[far] >= 235).all(axis=1).mean()))
+        thermal_share.append(float((record.thermal[far] >= 0.75 * 255).mean()))
+    return float(np.mean(rgb_share)), float(np.mean(thermal_share))
+
+
+def test_glare_adds_false_blobs_in_each_modality():
+    day_rgb, day_thermal = _false_blob_fraction("clear_day")
+    glare_rgb, glare_thermal = _false_blob_fraction("glare")
+    assert day_rgb < 0.001 and day_thermal < 0.001
+    assert glare_rgb > 0.01 and glare_thermal > 0.005
+    # Not labelled: glare never enters the boxes or the mask.
+    record = generate_pair(np.random.default_rng(0), "glare", (96, 120))
+    assert set(np.unique(record.mask)) <= {0, 1, 2, 3}
+
+
+def test_dusk_is_between_day_and_night_in_rgb():
+    day, dusk, night = (_mean_contrast(c, "rgb") for c in ("clear_day", "dusk", "night"))
+    assert night < dusk < day
+
+
+def test_generation_is_fast():
+    small = SyntheticRGBT(60, seed=0, image_size=(64, 80))
+    large = SyntheticRGBT(6, seed=0, image_size=(512, 640))
+    small[0], large[0]  # warm-up
+    start = time.perf_counter()
+    for i in range(1, 60):
+        small[i]
+    per_small = (time.perf_counter() - start) / 59
+    start = time.perf_counter()
+    for i in range(1, 6):
+        large[i]
+    per_large = (time.perf_counter() - start) / 5
+    # Budgets of the design (10 ms, ~100 ms), doubled for loaded CI machines.
+    assert per_small < 0.02, per_small
+    assert per_large < 0.2, per_large
