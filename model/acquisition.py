@@ -1,0 +1,219 @@
+"""Acquisition: per-pair informativeness signals from one pass over the pool, and the strategies that
+turn them into a batch of pairs to label.
+
+Signals (all computed in one forward pass per batch, reduced on the device):
+
+- ``inconsistency``: the paper's cross-modality inconsistency, max over classes, scale-balanced.
+- ``inconsistency_flat`` / ``inconsistency_mean``: the ablations (flat mean over all predictions; mean over
+  classes instead of max).
+- ``fused_entropy``: intra-modality uncertainty of the fused branch alone: binary entropy of each prediction's
+  one-vs-rest probability, max over foreground classes, scale-balanced.
+- ``embedding``: pooled fused features, for diversity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from model.data.dataset import collate_pairs
+from model.data.sample import BACKGROUND_INDEX
+from model.device import autocast, select_device
+from model.inconsistency import (
+    binary_entropy,
+    branch_probabilities,
+    flat_mean,
+    inconsistency_maps,
+    scale_balanced_mean,
+)
+from model.network import ThreeBranchNet
+
+
+@dataclass
+class PoolSignals:
+    """Per-pair signals, aligned with the scored dataset's order. Arrays are (P,), ``embedding`` (P, C)."""
+
+    inconsistency: np.ndarray
+    inconsistency_flat: np.ndarray
+    inconsistency_mean: np.ndarray
+    fused_entropy: np.ndarray
+    embedding: np.ndarray
+
+    def subset(self, positions: np.ndarray) -> PoolSignals:
+        return PoolSignals(**{k: v[positions] for k, v in self.__dict__.items()})
+
+
+def fused_entropy_maps(probabilities: list[torch.Tensor], class_dim: int) -> list[torch.Tensor]:
+    """Max over foreground classes of the one-vs-rest binary entropy, per prediction, per level."""
+    maps = []
+    for p in probabilities:
+        entropy = binary_entropy(p)
+        keep = [c for c in range(p.shape[class_dim]) if c != BACKGROUND_INDEX]
+        entropy = entropy.index_select(class_dim, torch.tensor(keep, device=p.device))
+        maps.append(entropy.amax(dim=class_dim))
+    return maps
+
+
+@torch.inference_mode()
+def compute_signals(
+    model: ThreeBranchNet,
+    dataset: Dataset,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+) -> PoolSignals:
+    """Every acquisition signal for every pair of ``dataset`` (yielding ``to_tensors`` triples)."""
+    device = device if isinstance(device, torch.device) else select_device(device)
+    model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pairs)
+    columns: dict[str, list[torch.Tensor]] = {k: [] for k in PoolSignals.__dataclass_fields__}
+    for rgb, thermal, _ in loader:
+        with autocast(device):
+            output = model(rgb.to(device), thermal.to(device))
+        by_max = inconsistency_maps(output, reduction="max")
+        by_mean = inconsistency_maps(output, reduction="mean")
+        entropy = fused_entropy_maps(branch_probabilities(output.fused), output.fused.class_dim)
+        columns["inconsistency"].append(scale_balanced_mean(by_max).cpu())
+        columns["inconsistency_flat"].append(flat_mean(by_max).cpu())
+        columns["inconsistency_mean"].append(scale_balanced_mean(by_mean).cpu())
+        columns["fused_entropy"].append(scale_balanced_mean(entropy).cpu())
+        columns["embedding"].append(output.embedding.float().cpu())
+    return PoolSignals(**{k: torch.cat(v).numpy() for k, v in columns.items()})
+
+
+# ------------------------------------------------------------------------------------------ strategies
+class Strategy:
+    """Picks ``count`` positions of the unlabelled pool; subclasses set ``name`` and implement ``select``."""
+
+    name: str = ""
+    needs_model: bool = True
+
+    def select(
+        self, signals: PoolSignals | None, count: int, rng: np.random.Generator, pool_size: int
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomStrategy(Strategy):
+    name = "random"
+    needs_model = False
+
+    def select(self, signals, count, rng, pool_size):
+        return rng.choice(pool_size, size=min(count, pool_size), replace=False)
+
+
+def _top(values: np.ndarray, count: int) -> np.ndarray:
+    # Stable sort so ties (e.g. identical scores) resolve by position, reproducibly.
+    return np.argsort(-values, kind="stable")[:count]
+
+
+class TopScoreStrategy(Strategy):
+    """The ``count`` pairs with the highest value of one signal."""
+
+    def __init__(self, name: str, signal: Callable[[PoolSignals], np.ndarray]) -> None:
+        self.name = name
+        self.signal = signal
+
+    def select(self, signals, count, rng, pool_size):
+        assert signals is not None
+        return _top(self.signal(signals), count)
+
+
+def percentile_rank(values: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share the mean rank), so signals of different scales can be mixed."""
+    if len(values) <= 1:
+        return np.zeros_like(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[order] = np.arange(len(values))
+    # Average ranks over ties.
+    _, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse, weights=ranks)
+    counts = np.bincount(inverse)
+    return (sums / counts)[inverse] / (len(values) - 1)
+
+
+def combined_score(signals: PoolSignals) -> np.ndarray:
+    """Intra + inter-modality uncertainty: the mean of the percentile ranks of the fused branch's entropy
+    and of the cross-modality inconsistency. Ranks, not raw values, because the two live on different
+    scales and the entropy of a confident background dominates raw sums."""
+    return (percentile_rank(signals.inconsistency) + percentile_rank(signals.fused_entropy)) / 2
+
+
+def kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 25) -> np.ndarray:
+    """Plain k-means with k-means++ seeding; returns a cluster id per point."""
+    n = len(points)
+    k = min(k, n)
+    centres = [points[rng.integers(n)]]
+    for _ in range(1, k):
+        distances = np.min([np.sum((points - c) ** 2, axis=1) for c in centres], axis=0)
+        total = distances.sum()
+        index = rng.choice(n, p=distances / total) if total > 0 else rng.integers(n)
+        centres.append(points[index])
+    centre_array = np.stack(centres)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        distances = ((points[:, None, :] - centre_array[None]) ** 2).sum(-1)
+        new_labels = distances.argmin(1)
+        if np.array_equal(new_labels, labels) and _ > 0:
+            break
+        labels = new_labels
+        for j in range(k):
+            members = points[labels == j]
+            if len(members):
+                centre_array[j] = members.mean(0)
+    return labels
+
+
+class InconsistencyDiverseStrategy(Strategy):
+    """Top ``candidate_factor * count`` pairs by inconsistency, clustered on fused-branch features into
+    ``count`` clusters; the most inconsistent pair of each cluster is taken. Avoids spending a batch on
+    near-duplicates of one hard scene."""
+
+    name = "inconsistency-diverse"
+
+    def __init__(self, candidate_factor: int = 3) -> None:
+        self.candidate_factor = candidate_factor
+
+    def select(self, signals, count, rng, pool_size):
+        assert signals is not None
+        candidates = _top(signals.inconsistency, min(pool_size, self.candidate_factor * count))
+        if len(candidates) <= count:
+            return candidates
+        features = signals.embedding[candidates].astype(np.float64)
+        features = (features - features.mean(0)) / (features.std(0) + 1e-8)
+        labels = kmeans(features, count, rng)
+        chosen = []
+        for cluster in np.unique(labels):
+            members = candidates[labels == cluster]
+            chosen.append(members[np.argmax(signals.inconsistency[members])])
+        chosen_array = np.array(chosen)
+        if len(chosen_array) < count:  # empty clusters: fill with the next most inconsistent candidates
+            rest = [c for c in candidates if c not in set(chosen_array.tolist())]
+            chosen_array = np.concatenate(
+                [chosen_array, np.array(rest[: count - len(chosen_array)], dtype=np.int64)]
+            )
+        return chosen_array[:count]
+
+
+STRATEGIES: dict[str, Callable[[], Strategy]] = {
+    "random": RandomStrategy,
+    "inconsistency": lambda: TopScoreStrategy("inconsistency", lambda s: s.inconsistency),
+    "fused-entropy": lambda: TopScoreStrategy("fused-entropy", lambda s: s.fused_entropy),
+    "combined": lambda: TopScoreStrategy("combined", combined_score),
+    "inconsistency-diverse": InconsistencyDiverseStrategy,
+    # Ablations of the paper's choices.
+    "inconsistency-flat": lambda: TopScoreStrategy("inconsistency-flat", lambda s: s.inconsistency_flat),
+    "inconsistency-mean": lambda: TopScoreStrategy("inconsistency-mean", lambda s: s.inconsistency_mean),
+}
+
+
+def make_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]()

@@ -1,0 +1,220 @@
+"""The one inference path: pairs in, fused-branch predictions and inconsistency scores out.
+
+The Label Studio backend (``/predict`` and pool scoring), ``rgbt-al score`` and the active-learning simulator
+all go through :class:`Predictor`, so there is one place that resizes, batches, runs the network under
+``inference_mode`` (+ autocast on CUDA) and maps predictions back to the original pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from model.checkpoint import load_model
+from model.data.dataset import collate_pairs, to_tensors
+from model.data.sample import PairRecord
+from model.data.transforms import eval_transform
+from model.device import autocast, select_device
+from model.inconsistency import Aggregation, inconsistency_maps, pair_scores
+from model.network import NetOutput, ThreeBranchNet
+from model.postprocess import decode_detections, decode_segmentation
+
+
+@dataclass
+class PairPrediction:
+    """The fused branch's prediction for one pair, in the pair's original pixels.
+
+    ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,) in 1..C (detection); ``mask`` (H, W) class ids
+    (segmentation); ``inconsistency`` the pair's score I in [0, 1]; ``embedding`` (C,) fused features;
+    ``inconsistency_map`` (H, W) per-pixel (segmentation) or None, only when asked for.
+    """
+
+    inconsistency: float
+    embedding: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+    inconsistency_map: np.ndarray | None = None
+
+
+class Predictor:
+    """Batched inference with a :class:`ThreeBranchNet`.
+
+    Args:
+        model: the network (moved to ``device`` and put in eval mode here).
+        device: "auto", "cpu", "cuda", "cuda:1"...
+        amp: autocast (bf16/fp16) on CUDA; ignored on CPU.
+        score_threshold: detections below it are dropped from user-facing predictions.
+        aggregation: "scale_balanced" (the paper) or "flat" (ablation).
+    """
+
+    def __init__(
+        self,
+        model: ThreeBranchNet,
+        device: str | torch.device | None = "auto",
+        *,
+        amp: bool = True,
+        score_threshold: float = 0.3,
+        aggregation: Aggregation = "scale_balanced",
+        channels_last: bool | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else select_device(device)
+        self.amp = amp
+        self.score_threshold = score_threshold
+        self.aggregation: Aggregation = aggregation
+        if channels_last is None:
+            channels_last = self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = "auto", **kwargs
+    ) -> Predictor:
+        model, _ = load_model(path)
+        return cls(model, device, **kwargs)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def prepare(self, rgb: np.ndarray, thermal: np.ndarray) -> tuple[Tensor, Tensor]:
+        """One pair (HxWx3 uint8, HxW uint8) -> network tensors (3, h, w), (1, h, w) at the model's size."""
+        record = PairRecord(pair_id="", rgb=rgb, thermal=thermal)
+        record = eval_transform(self.config.image_size)(record)
+        rgb_t, thermal_t, _ = to_tensors(record)
+        return rgb_t, thermal_t
+
+    @torch.inference_mode()
+    def forward(self, rgb: Tensor, thermal: Tensor) -> NetOutput:
+        rgb = rgb.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        thermal = thermal.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with autocast(self.device, self.amp):
+            return self.model(rgb, thermal)
+
+    @torch.inference_mode()
+    def score_batch(self, rgb: Tensor, thermal: Tensor) -> tuple[Tensor, Tensor]:
+        """Scores only (the pool-scoring hot path): (N,) inconsistency, (N, C) embeddings, on the device."""
+        output = self.forward(rgb, thermal)
+        scores = pair_scores(output, reduction=self.config.class_reduction, aggregation=self.aggregation)
+        return scores, output.embedding.float()
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        *,
+        batch_size: int = 8,
+        with_maps: bool = False,
+    ) -> list[PairPrediction]:
+        """Predictions for (rgb, thermal) pairs of any sizes, in the input order."""
+        results: list[PairPrediction] = []
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            tensors = [self.prepare(rgb, thermal) for rgb, thermal in chunk]
+            rgb = torch.stack([t[0] for t in tensors])
+            thermal = torch.stack([t[1] for t in tensors])
+            sizes = [(int(p[0].shape[0]), int(p[0].shape[1])) for p in chunk]
+            results.extend(self._predict_tensors(rgb, thermal, sizes, with_maps))
+        return results
+
+    def _predict_tensors(
+        self, rgb: Tensor, thermal: Tensor, original_sizes: list[tuple[int, int]], with_maps: bool
+    ) -> list[PairPrediction]:
+        output = self.forward(rgb, thermal)
+        reduction = self.config.class_reduction
+        scores = pair_scores(output, reduction=reduction, aggregation=self.aggregation).cpu().numpy()
+        embeddings = output.embedding.float().cpu().numpy()
+        height, width = output.image_size
+        results = []
+        if self.config.task == "detection":
+            assert output.anchors is not None
+            detections = decode_detections(
+                output.fused, output.anchors, output.image_size, score_threshold=self.score_threshold
+            )
+            for i, (det, (orig_h, orig_w)) in enumerate(zip(detections, original_sizes, strict=True)):
+                scale = torch.tensor([orig_w / width, orig_h / height] * 2, device=det["boxes"].device)
+                results.append(
+                    PairPrediction(
+                        inconsistency=float(scores[i]),
+                        embedding=embeddings[i],
+                        boxes=(det["boxes"] * scale).cpu().numpy(),
+                        scores=det["scores"].cpu().numpy(),
+                        labels=det["labels"].cpu().numpy(),
+                    )
+                )
+            return results
+        logits = output.fused.cls_logits[0].float()
+        maps = inconsistency_maps(output, reduction=reduction)[0] if with_maps else None
+        for i, (orig_h, orig_w) in enumerate(original_sizes):
+            resized = torch.nn.functional.interpolate(
+                logits[i : i + 1], size=(orig_h, orig_w), mode="bilinear", align_corners=False
+            )
+            mask = decode_segmentation(type(output.fused)([resized]))[0]
+            inconsistency_map = None
+            if maps is not None:
+                inconsistency_map = (
+                    torch.nn.functional.interpolate(
+                        maps[i : i + 1, None], size=(orig_h, orig_w), mode="bilinear", align_corners=False
+                    )[0, 0]
+                    .cpu()
+                    .numpy()
+                )
+            results.append(
+                PairPrediction(
+                    inconsistency=float(scores[i]),
+                    embedding=embeddings[i],
+                    boxes=np.zeros((0, 4), np.float32),
+                    scores=np.zeros((0,), np.float32),
+                    labels=np.zeros((0,), np.int64),
+                    mask=mask.cpu().numpy(),
+                    inconsistency_map=inconsistency_map,
+                )
+            )
+        return results
+
+
+def score_dataset(
+    predictor: Predictor,
+    dataset: Dataset,
+    *,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Inconsistency of every pair of a dataset that yields ``to_tensors`` triples at the model's size.
+
+    A DataLoader with workers and pinned memory decodes the next batch while the device computes this one;
+    each batch is reduced to one float per pair on the device before it leaves it.
+
+    Returns (scores (N,), embeddings (N, C), pair ids).
+    """
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=predictor.device.type == "cuda",
+        collate_fn=collate_pairs,
+        persistent_workers=False,
+    )
+    batches: Iterable = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc="scoring", unit="batch")
+    scores, embeddings, ids = [], [], []
+    for rgb, thermal, targets in batches:
+        batch_scores, batch_embeddings = predictor.score_batch(rgb, thermal)
+        scores.append(batch_scores.cpu())
+        embeddings.append(batch_embeddings.cpu())
+        ids.extend(t["pair_id"] for t in targets)
+    if not scores:
+        return np.zeros((0,), np.float32), np.zeros((0, 0), np.float32), []
+    return torch.cat(scores).numpy(), torch.cat(embeddings).numpy(), ids
