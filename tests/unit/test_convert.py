@@ -1,0 +1,314 @@
+"""Label Studio JSON <-> arrays on hand-computed cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from label_studio_sdk.converter.brush import decode_rle, mask2rle
+
+from ls_backend.convert import (
+    annotation_to_target,
+    class_names_from_schema,
+    detections_to_results,
+    latest_annotation,
+    mask_to_results,
+    prediction_payload,
+)
+from ls_backend.label_config import schema_from_config
+
+IMAGES = '<Image name="rgb" value="$rgb"/><Image name="thermal" value="$thermal"/>'
+DETECTION = schema_from_config(
+    f'<View>{IMAGES}<RectangleLabels name="label" toName="rgb">'
+    '<Label value="person"/><Label value="car"/></RectangleLabels></View>'
+)
+BRUSH = schema_from_config(
+    f'<View>{IMAGES}<BrushLabels name="brush" toName="rgb"><Label value="road"/><Label value="car"/>'
+    "</BrushLabels>"
+    '<PolygonLabels name="poly" toName="rgb"><Label value="road"/><Label value="car"/></PolygonLabels></View>'
+)
+POLYGON = schema_from_config(
+    f'<View>{IMAGES}<PolygonLabels name="poly" toName="thermal"><Label value="road"/><Label value="car"/>'
+    "</PolygonLabels></View>"
+)
+H, W = 512, 640
+
+
+def rect_result(x: float, y: float, w: float, h: float, label: str, **extra) -> dict:
+    value = {
+        "x": x,
+        "y": y,
+        "width": w,
+        "height": h,
+        "rotation": extra.pop("rotation", 0),
+        "rectanglelabels": [label],
+    }
+    return {"from_name": "label", "to_name": "rgb", "type": "rectanglelabels", "value": value, **extra}
+
+
+# ------------------------------------------------------------------------------------------ detection
+def test_box_to_percent_and_back() -> None:
+    boxes = np.array([[64, 128, 192, 256]], np.float32)
+    results, unknown = detections_to_results(boxes, [0.9], [1], (H, W), DETECTION, ("person", "car"))
+    assert unknown == set()
+    (result,) = results
+    assert result["from_name"] == "label"
+    assert result["to_name"] == "rgb"
+    assert result["type"] == "rectanglelabels"
+    assert (result["original_width"], result["original_height"], result["image_rotation"]) == (640, 512, 0)
+    assert result["value"] == {
+        "x": 10.0,
+        "y": 25.0,
+        "width": 20.0,
+        "height": 25.0,
+        "rotation": 0,
+        "rectanglelabels": ["person"],
+    }
+    assert result["score"] == pytest.approx(0.9)
+    assert isinstance(result["id"], str) and result["id"]
+
+    target, unknown = annotation_to_target({"result": results}, DETECTION, ("person", "car"), (H, W))
+    assert unknown == set()
+    np.testing.assert_allclose(target["boxes"], boxes)
+    assert target["boxes"].dtype == np.float32
+    assert target["labels"].tolist() == [1] and target["labels"].dtype == np.int64
+    assert target["ignore"].tolist() == [False]
+
+
+def test_boxes_are_clipped_and_empty_ones_dropped() -> None:
+    boxes = np.array([[-10, -20, 700, 600], [700, 10, 800, 20]], np.float32)
+    results, _ = detections_to_results(boxes, [0.5, 0.5], [2, 2], (H, W), DETECTION, ("person", "car"))
+    assert len(results) == 1
+    value = results[0]["value"]
+    assert (value["x"], value["y"], value["width"], value["height"]) == (0.0, 0.0, 100.0, 100.0)
+
+
+def test_labels_map_by_name_and_unknown_are_reported() -> None:
+    # The model's class order differs from the config's, and it has a class the config lacks.
+    class_names = ("car", "dog", "person")
+    boxes = np.array([[0, 0, 10, 10], [10, 10, 20, 20], [20, 20, 30, 30]], np.float32)
+    results, unknown = detections_to_results(
+        boxes, [0.9, 0.8, 0.7], [1, 2, 3], (H, W), DETECTION, class_names
+    )
+    assert [r["value"]["rectanglelabels"] for r in results] == [["car"], ["person"]]
+    assert unknown == {"dog"}
+
+
+def test_region_ids_are_stable_and_distinct() -> None:
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10]], np.float32)
+    first, _ = detections_to_results(boxes, [0.9, 0.9], [1, 1], (H, W), DETECTION, ("person", "car"))
+    again, _ = detections_to_results(boxes, [0.9, 0.9], [1, 1], (H, W), DETECTION, ("person", "car"))
+    assert [r["id"] for r in first] == [r["id"] for r in again]
+    assert first[0]["id"] != first[1]["id"]
+
+
+def test_annotation_unknown_labels_are_reported_and_skipped() -> None:
+    annotation = {"result": [rect_result(10, 10, 10, 10, "person"), rect_result(20, 20, 5, 5, "truck")]}
+    target, unknown = annotation_to_target(annotation, DETECTION, ("person", "car"), (H, W))
+    assert unknown == {"truck"}
+    assert target["labels"].tolist() == [1]
+
+
+def test_rotated_rectangle_becomes_its_bounding_box() -> None:
+    # 20 x 10 px at (50, 50) in a 100 x 100 image, rotated 90 degrees clockwise about its top-left corner:
+    # corners (50,50), (50,70), (40,70), (40,50).
+    annotation = {
+        "result": [rect_result(50, 50, 20, 10, "car", rotation=90, original_width=100, original_height=100)]
+    }
+    target, _ = annotation_to_target(annotation, DETECTION, ("person", "car"), (100, 100))
+    np.testing.assert_allclose(target["boxes"], [[40, 50, 50, 70]], atol=1e-4)
+    # 45 degrees: a 10 x 10 square becomes a diamond hanging from (50, 50), 2 * 10 / sqrt(2) wide and tall.
+    annotation = {
+        "result": [rect_result(50, 50, 10, 10, "car", rotation=45, original_width=100, original_height=100)]
+    }
+    target, _ = annotation_to_target(annotation, DETECTION, ("person", "car"), (100, 100))
+    d = 10 / np.sqrt(2)
+    np.testing.assert_allclose(target["boxes"], [[50 - d, 50, 50 + d, 50 + 2 * d]], atol=1e-4)
+
+
+def test_regions_use_their_original_size_then_scale_to_the_image() -> None:
+    # Annotated on a 200 x 100 image; the training image is 100 x 50.
+    annotation = {"result": [rect_result(50, 50, 25, 50, "person", original_width=200, original_height=100)]}
+    target, _ = annotation_to_target(annotation, DETECTION, ("person", "car"), (50, 100))
+    np.testing.assert_allclose(target["boxes"], [[50, 25, 75, 50]])
+
+
+def test_empty_and_foreign_results() -> None:
+    annotation = {"result": [{"type": "choices", "value": {"choices": ["x"]}}, {"type": "rectanglelabels"}]}
+    target, unknown = annotation_to_target(annotation, DETECTION, ("person", "car"), (H, W))
+    assert (
+        target["boxes"].shape == (0, 4) and target["labels"].shape == (0,) and target["ignore"].shape == (0,)
+    )
+    assert unknown == set()
+    target, _ = annotation_to_target(None, DETECTION, ("person",), (H, W))
+    assert target["boxes"].shape == (0, 4)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 2000),
+    st.integers(1, 2000),
+    st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=0, max_size=5),
+)
+def test_box_round_trip_property(height: int, width: int, fractions: list[tuple[float, ...]]) -> None:
+    boxes = []
+    for fx1, fy1, fx2, fy2 in fractions:
+        x1, x2 = sorted((fx1 * width, fx2 * width))
+        y1, y2 = sorted((fy1 * height, fy2 * height))
+        if x2 - x1 > 1e-3 and y2 - y1 > 1e-3:
+            boxes.append([x1, y1, x2, y2])
+    boxes_a = np.array(boxes, np.float64).reshape(-1, 4)
+    n = len(boxes_a)
+    results, _ = detections_to_results(boxes_a, [0.5] * n, [1] * n, (height, width), DETECTION, ("person",))
+    for result in results:
+        for key in ("x", "y", "width", "height"):
+            assert 0.0 <= result["value"][key] <= 100.0
+    target, _ = annotation_to_target({"result": results}, DETECTION, ("person",), (height, width))
+    np.testing.assert_allclose(target["boxes"], boxes_a, atol=1e-2)
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+def test_mask_to_brush_rle_decodes_with_the_sdk() -> None:
+    mask = np.zeros((24, 32), np.int64)
+    mask[2:10, 3:20] = 1
+    mask[12:20, 5:9] = 2
+    mask[15, 30] = 2
+    results, unknown = mask_to_results(mask, BRUSH, ("road", "car"), scores={1: 0.8, 2: 0.6})
+    assert unknown == set()
+    assert [r["value"]["brushlabels"] for r in results] == [["road"], ["car"]]
+    for class_id, result in zip((1, 2), results, strict=True):
+        assert (
+            result["type"] == "brushlabels" and result["from_name"] == "brush" and result["to_name"] == "rgb"
+        )
+        assert (result["original_width"], result["original_height"]) == (32, 24)
+        assert result["value"]["format"] == "rle"
+        rgba = decode_rle(result["value"]["rle"]).reshape(24, 32, 4)
+        np.testing.assert_array_equal(rgba[:, :, 3] > 0, mask == class_id)
+    assert results[0]["score"] == pytest.approx(0.8)
+
+    target, unknown = annotation_to_target({"result": results}, BRUSH, ("road", "car"), (24, 32))
+    assert unknown == set()
+    assert target["mask"].dtype == np.int64
+    np.testing.assert_array_equal(target["mask"], mask)
+
+
+def test_mask_classes_unknown_to_the_config_are_reported() -> None:
+    mask = np.zeros((8, 8), np.int64)
+    mask[:4] = 1
+    mask[4:] = 3
+    results, unknown = mask_to_results(mask, BRUSH, ("car", "road", "sky"))
+    assert [r["value"]["brushlabels"] for r in results] == [["car"]]
+    assert unknown == {"sky"}
+
+
+def test_polygon_rasterised_area() -> None:
+    # Corners at pixels (10, 10) and (20, 20) of a 100 x 50 image: cv2.fillPoly fills boundary pixels too.
+    square = {"points": [[10, 20], [20, 20], [20, 40], [10, 40]], "polygonlabels": ["car"]}
+    result = {
+        "type": "polygonlabels",
+        "from_name": "poly",
+        "value": square,
+        "original_width": 100,
+        "original_height": 50,
+    }
+    target, _ = annotation_to_target({"result": [result]}, BRUSH, ("road", "car"), (50, 100))
+    mask = target["mask"]
+    assert (mask == 2).sum() == 11 * 11
+    assert mask[10:21, 10:21].min() == 2
+    # A right triangle with legs of 40 px: 41 * 42 / 2 pixels on or under the diagonal.
+    triangle = {"points": [[10, 10], [50, 10], [10, 90]], "polygonlabels": ["road"]}
+    result = {"type": "polygonlabels", "value": triangle, "original_width": 100, "original_height": 50}
+    target, _ = annotation_to_target({"result": [result]}, BRUSH, ("road", "car"), (50, 100))
+    assert (target["mask"] == 1).sum() == 41 * 42 // 2
+
+
+def test_later_regions_paint_over_earlier_ones_and_unknown_are_reported() -> None:
+    whole = {"points": [[0, 0], [100, 0], [100, 100], [0, 100]], "polygonlabels": ["road"]}
+    part = {"points": [[0, 0], [40, 0], [40, 40], [0, 40]], "polygonlabels": ["car"]}
+    sky = {"points": [[50, 50], [60, 50], [60, 60]], "polygonlabels": ["sky"]}
+    results = [{"type": "polygonlabels", "value": v} for v in (whole, part, sky)]
+    target, unknown = annotation_to_target({"result": results}, BRUSH, ("road", "car"), (11, 11))
+    assert unknown == {"sky"}
+    assert target["mask"][0, 0] == 2 and target["mask"][10, 10] == 1 and (target["mask"] == 0).sum() == 0
+
+
+def test_brush_of_another_size_is_scaled_and_broken_brushes_skipped() -> None:
+    small = np.zeros((10, 20), np.uint8)
+    small[:, :10] = 255
+    brush = {"format": "rle", "rle": mask2rle(small), "brushlabels": ["car"]}
+    good = {"type": "brushlabels", "value": brush, "original_width": 20, "original_height": 10}
+    wrong_size = {"type": "brushlabels", "value": brush, "original_width": 30, "original_height": 10}
+    target, _ = annotation_to_target({"result": [wrong_size, good]}, BRUSH, ("road", "car"), (20, 40))
+    expected = np.zeros((20, 40), np.int64)
+    expected[:, :20] = 2
+    np.testing.assert_array_equal(target["mask"], expected)
+
+
+def test_polygon_predictions_for_polygon_only_configs_round_trip() -> None:
+    mask = np.zeros((30, 40), np.int64)
+    mask[5:15, 5:25] = 1
+    mask[20:28, 30:38] = 2
+    results, _ = mask_to_results(mask, POLYGON, ("road", "car"))
+    assert [r["type"] for r in results] == ["polygonlabels", "polygonlabels"]
+    assert results[0]["to_name"] == "thermal"
+    target, _ = annotation_to_target({"result": results}, POLYGON, ("road", "car"), (30, 40))
+    np.testing.assert_array_equal(target["mask"], mask)
+
+
+def test_mask_results_need_a_mask_control() -> None:
+    with pytest.raises(ValueError, match="BrushLabels or PolygonLabels"):
+        mask_to_results(np.zeros((4, 4), np.int64), DETECTION, ("person",))
+    with pytest.raises(ValueError, match="RectangleLabels"):
+        detections_to_results(np.zeros((0, 4)), [], [], (4, 4), BRUSH, ("road",))
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def test_latest_annotation_skips_cancelled() -> None:
+    task = {
+        "annotations": [
+            {"id": 1, "updated_at": "2024-05-01T10:00:00Z", "result": [1]},
+            {"id": 2, "updated_at": "2024-05-03T10:00:00.123456Z", "was_cancelled": True, "result": []},
+            {"id": 3, "updated_at": "2024-05-02T10:00:00+00:00", "result": [3]},
+        ]
+    }
+    assert latest_annotation(task)["id"] == 3
+    assert latest_annotation({"annotations": [{"id": 5, "was_cancelled": True}]}) is None
+    assert latest_annotation({"annotations": []}) is None
+    assert latest_annotation({}) is None
+    # Same or missing timestamps: the higher id wins.
+    assert latest_annotation({"annotations": [{"id": 7, "result": []}, {"id": 9, "result": []}]})["id"] == 9
+
+
+def test_class_names_from_schema() -> None:
+    assert class_names_from_schema(DETECTION) == ("person", "car")
+    assert class_names_from_schema(BRUSH) == ("road", "car")
+
+
+@dataclass
+class FakePrediction:
+    inconsistency: float
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+
+
+def test_prediction_payload_scores_most_inconsistent_lowest() -> None:
+    prediction = FakePrediction(0.75, np.array([[0, 0, 64, 51.2]]), np.array([0.9]), np.array([2]))
+    payload, unknown = prediction_payload(prediction, DETECTION, ("person", "car"), "v3", image_size=(H, W))
+    assert payload["score"] == pytest.approx(0.25)
+    assert payload["model_version"] == "v3"
+    assert payload["result"][0]["value"]["rectanglelabels"] == ["car"]
+    assert unknown == set()
+    mask = np.ones((4, 4), np.int64)
+    payload, _ = prediction_payload(
+        FakePrediction(0.0, np.zeros((0, 4)), np.zeros(0), np.zeros(0), mask),
+        BRUSH,
+        ("road",),
+        "v1",
+        image_size=(4, 4),
+    )
+    assert payload["score"] == 1.0 and payload["result"][0]["type"] == "brushlabels"
