@@ -1,0 +1,198 @@
+"""The Label Studio ML backend model class: ``setup``, ``predict(tasks, context)``, ``fit(event, data)``.
+
+It follows the conventions of Label Studio's ML backend examples; the HTTP layer (``app.py``) only parses
+requests and serialises answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from ls_backend.convert import class_names_from_schema, prediction_payload
+from ls_backend.images import FetchError
+from ls_backend.jobs import JobContext, set_context
+from ls_backend.label_config import ProjectSchema, schema_from_config
+from ls_backend.queues import JobRunner, TrainingRequest, get_runner, set_runner
+from ls_backend.registry import ProjectInfo
+from ls_backend.settings import Settings
+from model.inference import Predictor
+
+log = logging.getLogger(__name__)
+
+#: The version name answered before a project's first training round (ImageNet or random weights).
+INITIAL_VERSION = "rgbt-initial"
+
+#: Webhook actions that mean the labelled set changed (Label Studio 1.23 names, plural forms included).
+ANNOTATION_EVENTS = frozenset(
+    {
+        "ANNOTATION_CREATED",
+        "ANNOTATIONS_CREATED",
+        "ANNOTATION_UPDATED",
+        "ANNOTATIONS_DELETED",
+        "ANNOTATION_DELETED",
+    }
+)
+START_TRAINING = "START_TRAINING"
+
+
+class BadRequest(ValueError):
+    """A request that cannot be served as sent; answered with 400 and this message."""
+
+    status = 400
+
+
+class UnknownProject(BadRequest):
+    status = 404
+
+
+def project_key(value: Any) -> str:
+    """Label Studio identifies projects as "<id>.<created timestamp>" in /setup and /predict, as ints in
+    webhooks; the registry keys them by the id alone."""
+    text = str(value).strip()
+    key = text.split(".", 1)[0]
+    if not key.isdigit():
+        raise BadRequest(
+            f"project must be a Label Studio project id like '12' or '12.1700000000', got {value!r}"
+        )
+    return key
+
+
+class RGBTBackend:
+    """Pre-annotations from the fused branch, priorities from cross-modality inconsistency."""
+
+    def __init__(self, settings: Settings, runner: JobRunner | None = None) -> None:
+        self.settings = settings
+        self.context = JobContext(settings)
+        set_context(self.context)  # embedded jobs run in this process and share loaded models
+        if runner is not None:
+            set_runner(runner)
+        self.runner = get_runner(settings)
+        self._initial: dict[str, Predictor] = {}
+        self._lock = threading.Lock()
+        self._fetch_pool = ThreadPoolExecutor(max(2, settings.predict_batch_size), thread_name_prefix="fetch")
+
+    @property
+    def registry(self):
+        return self.context.registry
+
+    # ------------------------------------------------------------------ setup
+    def setup(
+        self,
+        project: str,
+        label_config: str,
+        hostname: str = "",
+        access_token: str = "",
+        extra_params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate the project's config and remember how to reach Label Studio. Never loads a model:
+        Label Studio gives /setup 3 seconds."""
+        schema_from_config(label_config)
+        self._remember(project, label_config, hostname, access_token)
+        return {"model_version": self.model_version(project)}
+
+    def _remember(self, project: str, label_config: str, hostname: str = "", access_token: str = "") -> None:
+        known = self.registry.project(project)
+        info = ProjectInfo(
+            project=project,
+            label_config=label_config,
+            hostname=hostname or (known.hostname if known else ""),
+            access_token=access_token or (known.access_token if known else ""),
+        )
+        if known != info:
+            self.registry.save_project(info)
+
+    def model_version(self, project: str) -> str:
+        return self.registry.current_version(project) or INITIAL_VERSION
+
+    # ------------------------------------------------------------------ predict
+    def predict(
+        self,
+        tasks: list[dict[str, Any]],
+        context: dict[str, Any] | None = None,
+        *,
+        project: str,
+        label_config: str,
+    ) -> dict[str, Any]:
+        """One prediction per task, in order: fused-branch regions, score = 1 - inconsistency."""
+        schema = schema_from_config(label_config)
+        if self.registry.project(project) is None:
+            self._remember(project, label_config)
+        version = self.model_version(project)
+        predictor = self._predictor(project, version, schema)
+        fetcher = self.context.fetcher(project)
+        pairs = list(self._fetch_pool.map(lambda task: self._load(fetcher, task, schema), tasks))
+        errors = [
+            (task, pair) for task, pair in zip(tasks, pairs, strict=True) if isinstance(pair, FetchError)
+        ]
+        if errors and len(errors) == len(tasks):
+            raise errors[0][1]
+        good = [pair for pair in pairs if not isinstance(pair, FetchError)]
+        predictions = iter(predictor.predict(good, batch_size=self.settings.predict_batch_size))
+        class_names = tuple(predictor.config.class_names)
+        results: list[dict[str, Any]] = []
+        unknown_labels: set[str] = set()
+        for pair in pairs:
+            if isinstance(pair, FetchError):
+                results.append({"result": [], "model_version": version, "error": str(pair)})
+                continue
+            payload, unknown = prediction_payload(
+                next(predictions), schema, class_names, version, image_size=pair[0].shape[:2]
+            )
+            unknown_labels |= unknown
+            results.append(payload)
+        response: dict[str, Any] = {"results": results, "model_version": version}
+        if unknown_labels:
+            response["unknown_labels"] = sorted(unknown_labels)
+            log.warning("project %s: model labels not in the config: %s", project, sorted(unknown_labels))
+        if errors:
+            response["errors"] = [{"task": task.get("id"), "error": str(error)} for task, error in errors]
+        return response
+
+    @staticmethod
+    def _load(
+        fetcher, task: dict[str, Any], schema: ProjectSchema
+    ) -> tuple[np.ndarray, np.ndarray] | FetchError:
+        try:
+            return fetcher.load_pair(task.get("data") or {}, schema, task.get("id"))
+        except FetchError as error:
+            return error
+
+    def _predictor(self, project: str, version: str, schema: ProjectSchema) -> Predictor:
+        if version != INITIAL_VERSION:
+            return self.context.predictor(project, version)
+        # No trained version yet: answer with the initial network so Label Studio gets well-formed results.
+        key = f"{project}:{schema.task}:{','.join(class_names_from_schema(schema))}"
+        with self._lock:
+            if key not in self._initial:
+                self._initial[key] = self.context.make_predictor(self.context.initial_model(schema))
+            return self._initial[key]
+
+    # ------------------------------------------------------------------ fit (webhooks)
+    def fit(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A webhook: annotation changes are counted and start a (coalesced) training job; START_TRAINING
+        starts one at once. Training never runs inside the request."""
+        if event not in ANNOTATION_EVENTS and event != START_TRAINING:
+            return {"status": "ignored", "action": event, "reason": "not an annotation or training event"}
+        project_data = data.get("project")
+        if not isinstance(project_data, dict) or "id" not in project_data:
+            raise BadRequest("webhook body needs a 'project' object with an 'id'")
+        project = project_key(project_data["id"])
+        label_config = project_data.get("label_config")
+        if label_config:
+            schema_from_config(label_config)
+            self._remember(project, label_config)
+        elif self.registry.project(project) is None:
+            raise UnknownProject(
+                f"project {project} is unknown to this backend and the webhook carries no label_config"
+            )
+        annotations = data.get("annotation") if event != "ANNOTATIONS_DELETED" else data.get("annotations")
+        events = len(annotations) if isinstance(annotations, list) and annotations else 1
+        request: TrainingRequest = self.runner.request_training(
+            project, force=event == START_TRAINING, events=events
+        )
+        return {"action": event, "project": project, **request.to_json()}

@@ -1,0 +1,429 @@
+"""The backend's jobs: train a project's model, score its unlabelled pool, push priorities to Label Studio.
+
+Job functions take plain arguments (project id, version, task lists) so RQ can serialise them; each process
+(the server in embedded mode, every `rgbt-al worker`) builds one :class:`JobContext` from its settings.
+
+Flow: ``train_project`` -> new version made current -> ``score_pool`` -> ``score_shard`` x N (in parallel on
+several workers) -> ``finalize_scoring`` (switches the project's ``model_version`` once every shard pushed,
+so uncertainty sampling never mixes versions, then deletes predictions of old versions).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ls_backend.convert import (
+    annotation_to_target,
+    class_names_from_schema,
+    latest_annotation,
+    prediction_payload,
+)
+from ls_backend.images import FetchError, ImageFetcher
+from ls_backend.label_config import ProjectSchema, schema_from_config
+from ls_backend.queues import current_job_id, get_runner, report_progress
+from ls_backend.registry import ModelRegistry, RegistryError
+from ls_backend.settings import Settings
+from ls_backend.studio import StudioClient
+from model.config import NetConfig
+from model.data.dataset import PairDataset
+from model.data.memory import InMemoryReader
+from model.data.sample import PairRecord
+from model.data.transforms import eval_transform, train_transform
+from model.inference import Predictor
+from model.network import ThreeBranchNet
+from model.train import EpochLog, TrainConfig, evaluate, fit
+
+log = logging.getLogger(__name__)
+
+
+class JobError(RuntimeError):
+    """A job cannot proceed; the message says why (shown in `rgbt-al jobs`)."""
+
+
+@dataclass
+class JobContext:
+    """Per-process resources shared by jobs: settings, registry, Label Studio clients, loaded models."""
+
+    settings: Settings
+    registry: ModelRegistry = field(init=False)
+    _studios: dict[tuple[str, str], StudioClient] = field(default_factory=dict, init=False)
+    _predictors: OrderedDict[tuple[str, str], Predictor] = field(default_factory=OrderedDict, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+
+    def __post_init__(self) -> None:
+        self.registry = ModelRegistry(self.settings.model_dir)
+
+    def connection(self, project: str) -> tuple[str, str]:
+        """(Label Studio URL, token) for a project: the settings' when set, else what `/setup` received."""
+        info = self.registry.project(project)
+        url = self.settings.label_studio_url or (info.hostname if info else "")
+        token = self.settings.label_studio_api_key or (info.access_token if info else "")
+        if not url or not token:
+            raise JobError(
+                f"project {project}: no way to reach Label Studio (set LABEL_STUDIO_URL and "
+                "LABEL_STUDIO_API_KEY, or connect the backend from Label Studio so /setup provides them)"
+            )
+        return url.rstrip("/"), token
+
+    def studio(self, project: str) -> StudioClient:
+        key = self.connection(project)
+        with self._lock:
+            if key not in self._studios:
+                self._studios[key] = StudioClient(*key)
+            return self._studios[key]
+
+    def fetcher(self, project: str | None) -> ImageFetcher:
+        studio = None
+        if project is not None:
+            try:
+                studio = self.studio(project)
+            except JobError:
+                studio = None  # images may still come from allowed hosts or local files
+        s = self.settings
+        return ImageFetcher(
+            studio,
+            allowed_hosts=s.allowed_image_hosts,
+            local_root=s.local_files_root,
+            max_bytes=s.max_image_bytes,
+            max_pixels=s.max_image_pixels,
+            cache_dir=s.cache_dir,
+            cache_max_bytes=s.image_cache_bytes,
+            reject_mismatched=s.reject_mismatched_pairs,
+        )
+
+    def schema(self, project: str) -> ProjectSchema:
+        info = self.registry.project(project)
+        if info is None:
+            raise JobError(
+                f"project {project} is unknown to this backend: connect it from Label Studio first"
+            )
+        return schema_from_config(info.label_config)
+
+    def net_config(self, schema: ProjectSchema) -> NetConfig:
+        return NetConfig(
+            task=schema.task,
+            class_names=class_names_from_schema(schema),
+            width=self.settings.model_width,
+            image_size=self.settings.model_image_size,
+        )
+
+    def initial_model(self, schema: ProjectSchema) -> ThreeBranchNet:
+        return ThreeBranchNet(self.net_config(schema), imagenet_weights=self.settings.imagenet_weights)
+
+    def predictor(self, project: str, version: str) -> Predictor:
+        """A loaded version, cached (two at most: the current one and the one replacing it)."""
+        key = (project, version)
+        with self._lock:
+            if key in self._predictors:
+                self._predictors.move_to_end(key)
+                return self._predictors[key]
+        model, _ = self.registry.load(project, version)
+        predictor = self.make_predictor(model)
+        with self._lock:
+            self._predictors[key] = predictor
+            while len(self._predictors) > 2:
+                self._predictors.popitem(last=False)
+        return predictor
+
+    def make_predictor(self, model: ThreeBranchNet) -> Predictor:
+        if self.settings.torch_compile:
+            import torch
+
+            model = torch.compile(model)  # type: ignore[assignment]
+        return Predictor(
+            model, self.settings.device, score_threshold=self.settings.prediction_score_threshold
+        )
+
+
+_context: JobContext | None = None
+_context_lock = threading.Lock()
+
+
+def set_context(context: JobContext | None) -> None:
+    global _context
+    with _context_lock:
+        _context = context
+
+
+def get_context() -> JobContext:
+    global _context
+    with _context_lock:
+        if _context is None:
+            _context = JobContext(Settings.from_env())
+        return _context
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def in_holdout(task_id: int, fraction: float) -> bool:
+    """Deterministic held-out split by task id (stable across rounds, so metrics are comparable)."""
+    return (zlib.crc32(str(task_id).encode()) % 1000) < fraction * 1000
+
+
+def load_labelled_records(
+    context: JobContext, project: str, schema: ProjectSchema, class_names: tuple[str, ...]
+) -> tuple[list[PairRecord], list[str]]:
+    """Every labelled task as a PairRecord (images fetched in parallel); returns (records, problems)."""
+    studio = context.studio(project)
+    fetcher = context.fetcher(project)
+    tasks = [t for t in studio.iter_tasks(int(project), labeled=True) if latest_annotation(t) is not None]
+    problems: list[str] = []
+
+    def load(task: dict[str, Any]) -> PairRecord | None:
+        try:
+            rgb, thermal = fetcher.load_pair(task["data"], schema, task["id"])
+        except FetchError as error:
+            problems.append(f"task {task['id']}: {error}")
+            return None
+        target, unknown = annotation_to_target(
+            latest_annotation(task), schema, class_names, (rgb.shape[0], rgb.shape[1])
+        )
+        if unknown:
+            problems.append(f"task {task['id']}: labels unknown to the model: {sorted(unknown)}")
+        return PairRecord(
+            pair_id=str(task["id"]),
+            rgb=rgb,
+            thermal=thermal,
+            boxes=target.get("boxes", np.zeros((0, 4), np.float32)),
+            labels=target.get("labels", np.zeros((0,), np.int64)),
+            ignore=target.get("ignore", np.zeros((0,), bool)),
+            mask=target.get("mask"),
+        )
+
+    with ThreadPoolExecutor(max(1, context.settings.score_loader_workers)) as pool:
+        records = [r for r in pool.map(load, tasks) if r is not None]
+    return records, problems
+
+
+# ------------------------------------------------------------------------------------------ jobs
+def train_project(project: str) -> dict[str, Any]:
+    """Fine-tune the project's model on every labelled task, publish a new version, enqueue pool scoring."""
+    context = get_context()
+    runner = get_runner(context.settings)
+    job_id = current_job_id()
+    if job_id:
+        # From now on new annotations queue another round instead of joining this one.
+        runner.release_training(project, job_id)
+    settings = context.settings
+    schema = context.schema(project)
+    class_names = class_names_from_schema(schema)
+    report_progress(0.0, "fetching labelled tasks")
+    records, problems = load_labelled_records(context, project, schema, class_names)
+    if len(records) < settings.min_train_tasks:
+        return {
+            "status": "skipped",
+            "reason": f"{len(records)} usable labelled tasks, {settings.min_train_tasks} needed",
+            "problems": problems[:20],
+        }
+    holdout = [r for r in records if in_holdout(int(r.pair_id), settings.holdout_fraction)]
+    train_records = [r for r in records if r not in holdout] if len(records) >= 5 and holdout else records
+    if len(train_records) == len(records):
+        holdout = []
+    model, parent = _starting_model(context, project, schema)
+    size = model.config.image_size
+    train_set = PairDataset(InMemoryReader(train_records, list(class_names)), transform=train_transform(size))
+    config = TrainConfig(
+        epochs=settings.train_epochs,
+        batch_size=settings.train_batch_size,
+        lr=settings.train_lr,
+        device=settings.device,
+    )
+
+    def on_epoch(entry: EpochLog) -> None:
+        report_progress(0.1 + 0.8 * entry.epoch / config.epochs, f"epoch {entry.epoch}/{config.epochs}")
+
+    started = time.perf_counter()
+    history = fit(model, train_set, config, progress=False, on_epoch=on_epoch)
+    metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"]}
+    if holdout:
+        holdout_set = PairDataset(InMemoryReader(holdout, list(class_names)), transform=eval_transform(size))
+        metrics.update(_plain(evaluate(model, holdout_set, device=settings.device)))
+    model.cpu()
+    info = context.registry.publish(
+        project, model, parent=parent, metrics=metrics, num_train_tasks=len(train_records)
+    )
+    context.registry.prune(project, keep=settings.keep_prediction_versions + 2)
+    scoring = runner.enqueue(
+        "ls_backend.jobs.score_pool", project, info.version, description=f"score pool of project {project}"
+    )
+    report_progress(1.0, f"published {info.version}")
+    log.info("project %s: published %s (%s)", project, info.version, metrics)
+    return {
+        "status": "trained",
+        "version": info.version,
+        "parent": parent,
+        "train_tasks": len(train_records),
+        "holdout_tasks": len(holdout),
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - started, 2),
+        "score_job": scoring,
+        "problems": problems[:20],
+    }
+
+
+def _starting_model(
+    context: JobContext, project: str, schema: ProjectSchema
+) -> tuple[ThreeBranchNet, str | None]:
+    """Fine-tune the current version when it fits the project's labels; otherwise start afresh."""
+    wanted = context.net_config(schema)
+    current = context.registry.current_version(project)
+    if current is not None:
+        try:
+            model, info = context.registry.load(project, current)
+        except RegistryError:
+            model = None
+        if model is not None and (model.config.task, model.config.class_names) == (
+            wanted.task,
+            wanted.class_names,
+        ):
+            return model, info.version
+        log.warning("project %s: labels changed since %s, training a new model", project, current)
+    return context.initial_model(schema), None
+
+
+def _plain(value: Any) -> Any:
+    """Metrics as JSON-friendly floats (NaN stays NaN-free: None)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else round(float(value), 6)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def score_pool(project: str, version: str) -> dict[str, Any]:
+    """Score every unlabelled task with ``version`` and push the predictions, sharded across workers."""
+    context = get_context()
+    runner = get_runner(context.settings)
+    studio = context.studio(project)
+    report_progress(0.0, "listing unlabelled tasks")
+    tasks = [(t["id"], t["data"]) for t in studio.iter_tasks(int(project), labeled=False)]
+    shards = list(_chunks(tasks, context.settings.score_shard_size))
+    from ls_backend.queues import RQRunner
+
+    if isinstance(runner, RQRunner) and len(shards) > 1:
+        shard_jobs = [
+            runner.enqueue(
+                "ls_backend.jobs.score_shard",
+                project,
+                version,
+                list(shard),
+                description=f"score shard {i + 1}/{len(shards)} of project {project}",
+            )
+            for i, shard in enumerate(shards)
+        ]
+        final = runner.enqueue(
+            "ls_backend.jobs.finalize_scoring",
+            project,
+            version,
+            len(tasks),
+            depends_on=shard_jobs,
+            description=f"switch project {project} to {version}",
+        )
+        return {"status": "sharded", "tasks": len(tasks), "shards": shard_jobs, "finalize": final}
+    totals = {"scored": 0, "failed": []}
+    for i, shard in enumerate(shards):
+        result = score_shard(project, version, list(shard), progress=(i / len(shards), 1 / len(shards)))
+        totals["scored"] += result["scored"]
+        totals["failed"] += result["failed"]
+    final = finalize_scoring(project, version, len(tasks))
+    return {"status": "scored", "tasks": len(tasks), **totals, **final}
+
+
+def score_shard(
+    project: str,
+    version: str,
+    tasks: list[tuple[int, dict[str, Any]]],
+    progress: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, Any]:
+    """Predict a shard of tasks in batches and push their predictions in bulk pages.
+
+    Image fetching runs ahead in a thread pool and pushing runs in a background thread, so the network
+    never waits for the network (the other one).
+    """
+    context = get_context()
+    settings = context.settings
+    schema = context.schema(project)
+    predictor = context.predictor(project, version)
+    class_names = tuple(predictor.config.class_names)
+    studio = context.studio(project)
+    fetcher = context.fetcher(project)
+    failed: list[int] = []
+    page: list[dict[str, Any]] = []
+    scored = 0
+    started = time.perf_counter()
+    offset, span = progress
+
+    def fetch(item: tuple[int, dict[str, Any]]) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+        task_id, data = item
+        try:
+            return task_id, fetcher.load_pair(data, schema, task_id)
+        except FetchError as error:
+            log.warning("project %s task %s: %s", project, task_id, error)
+            return task_id, None
+
+    with (
+        ThreadPoolExecutor(max(1, settings.score_loader_workers)) as loaders,
+        ThreadPoolExecutor(1) as pusher,
+    ):
+        pushes: list[Future] = []
+        batches = list(_chunks(tasks, settings.score_batch_size))
+        upcoming = [loaders.submit(lambda b=b: [fetch(item) for item in b]) for b in batches[:2]]
+        for index in range(len(batches)):
+            loaded = upcoming[index].result()
+            if index + 2 < len(batches):
+                upcoming.append(loaders.submit(lambda b=batches[index + 2]: [fetch(item) for item in b]))
+            good = [(task_id, pair) for task_id, pair in loaded if pair is not None]
+            failed.extend(task_id for task_id, pair in loaded if pair is None)
+            if good:
+                predictions = predictor.predict(
+                    [pair for _, pair in good], batch_size=settings.score_batch_size
+                )
+                for (task_id, pair), prediction in zip(good, predictions, strict=True):
+                    payload, _ = prediction_payload(
+                        prediction, schema, class_names, version, image_size=pair[0].shape[:2]
+                    )
+                    page.append({"task": task_id, **payload})
+                scored += len(good)
+            if len(page) >= settings.push_page_size:
+                pushes.append(pusher.submit(studio.import_predictions, int(project), page))
+                page = []
+            report_progress(offset + span * (index + 1) / len(batches), f"scored {scored}/{len(tasks)}")
+        if page:
+            pushes.append(pusher.submit(studio.import_predictions, int(project), page))
+        for push in pushes:
+            push.result()  # re-raises a push that failed after its retries: the job is retried
+    seconds = time.perf_counter() - started
+    return {"scored": scored, "failed": failed, "seconds": round(seconds, 3)}
+
+
+def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any]:
+    """Point the project at ``version`` (uncertainty sampling uses only its predictions), drop old ones."""
+    context = get_context()
+    studio = context.studio(project)
+    studio.set_model_version(int(project), version)
+    keep = [v.version for v in context.registry.versions(project)][
+        -context.settings.keep_prediction_versions :
+    ]
+    if version not in keep:
+        keep.append(version)
+    deleted = studio.delete_predictions(int(project), keep_model_versions=set(keep))
+    report_progress(1.0, f"project now serves {version}")
+    return {"model_version": version, "expected": expected, "deleted_predictions": deleted}
