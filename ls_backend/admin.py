@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+from xml.etree.ElementTree import ParseError, canonicalize
 
 import numpy as np
 
@@ -193,7 +194,7 @@ def set_up_project(
         project = studio.get_project(project_id)
         setup = ProjectSetup(int(project["id"]), created=False)
         changes: dict[str, Any] = {}
-        if project.get("label_config") != label_config:
+        if not same_label_config(project.get("label_config") or "", label_config):
             changes["label_config"] = label_config
         if title and project.get("title") != title:
             changes["title"] = title
@@ -215,6 +216,15 @@ def set_up_project(
         studio.train(setup.ml_backend_id)
         setup.training_requested = True
     return setup
+
+
+def same_label_config(first: str, second: str) -> bool:
+    """Equal up to comments and formatting (Label Studio stores configs without their comments)."""
+    try:
+        # Both were parsed by defusedxml (schema_from_config) or come from Label Studio; canonical form.
+        return canonicalize(first, strip_text=True) == canonicalize(second, strip_text=True)
+    except ParseError:
+        return first == second
 
 
 def connect_backend(
