@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from ls_backend.backend import BadRequest, RGBTBackend, project_key
 from ls_backend.images import FetchError
 from ls_backend.label_config import LabelConfigError
+from ls_backend.queues import QueueUnavailable
 from ls_backend.registry import RegistryError
 from ls_backend.settings import Settings
 
@@ -70,8 +71,16 @@ class RequestMetrics:
         return lines
 
 
+def _parse_json() -> Any:
+    """The request's JSON, or None when it is not JSON (wrong Content-Type, malformed, not UTF-8)."""
+    try:
+        return request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the parser goes; ``silent`` only covers ValueError
+        return None
+
+
 def _json_body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    body = _parse_json()
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object (Content-Type: application/json)")
     return body
@@ -86,10 +95,20 @@ def _require(body: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> A
     return body[key]
 
 
+def _optional_str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"field '{key}' must be str")
+    return value
+
+
 def create_app(settings: Settings | None = None, backend: RGBTBackend | None = None) -> Flask:
     """The WSGI application. ``rgbt-al serve`` runs ``gunicorn 'ls_backend.app:create_app()'``."""
     settings = settings or Settings.from_env()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per Label Studio request
     backend = backend or RGBTBackend(settings)
     app = Flask("rgbt-active-learning")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -133,11 +152,24 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
 
     @app.errorhandler(FetchError)
     def bad_image(error: FetchError):
-        return jsonify(error=str(error)), getattr(error, "status", 400)
+        # The fetcher's 5xx (Label Studio or an allowed host unreachable or failing) is still the request's
+        # problem: it names images that cannot be had. 422, so a 5xx always means a bug of this backend.
+        status = getattr(error, "status", 400)
+        return jsonify(error=str(error)), status if 400 <= status < 500 else 422
 
     @app.errorhandler(RegistryError)
     def bad_registry(error: RegistryError):
         return jsonify(error=str(error)), 404
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_unavailable(error: QueueUnavailable):
+        # Redis is down or restarting: /predict keeps working (models are local); webhooks and job listings
+        # answer 503 so the caller knows to try again, instead of a 500 that reads as a bug.
+        log.warning("%s %s: %s", request.method, request.path, error)
+        response = jsonify(error=str(error))
+        response.status_code = 503
+        response.headers["Retry-After"] = "10"
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
@@ -173,8 +205,8 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
             backend.setup(
                 project,
                 schema,
-                hostname=str(body.get("hostname") or ""),
-                access_token=str(body.get("access_token") or ""),
+                hostname=_optional_str(body, "hostname"),
+                access_token=_optional_str(body, "access_token"),
                 extra_params=extra if isinstance(extra, dict) else None,
             )
         )
@@ -188,6 +220,9 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
         for index, task in enumerate(tasks):
             if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
                 raise BadRequest(f"task {index} must be an object with a 'data' object")
+            task_id = task.get("id")
+            if task_id is not None and (not isinstance(task_id, int) or isinstance(task_id, bool)):
+                raise BadRequest(f"task {index}: 'id' must be an integer (a Label Studio task id)")
         project = project_key(_require(body, "project", (str, int)))
         label_config = _require(body, "label_config", str)
         params = body.get("params") if isinstance(body.get("params"), dict) else {}
@@ -214,7 +249,7 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
 
     @app.get("/versions")
     def versions():
-        body = request.get_json(silent=True) or {}
+        body = _parse_json() or {}
         raw = request.args.get("project") or (body.get("project") if isinstance(body, dict) else None)
         if raw is None:
             raise BadRequest("missing 'project'")
@@ -241,8 +276,11 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
         counts: dict[str, int] = defaultdict(int)
         queue_ok = backend.runner.ping()
         if queue_ok:
-            for state in backend.runner.jobs(limit=500):
-                counts[state.status] += 1
+            try:
+                for state in backend.runner.jobs(limit=500):
+                    counts[state.status] += 1
+            except QueueUnavailable:  # Redis went away since the ping
+                queue_ok = False
         for state_name in ("queued", "deferred", "started", "finished", "failed", "canceled"):
             lines.append(f'rgbt_jobs{{status="{state_name}"}} {counts.get(state_name, 0)}')
         lines += ["# HELP rgbt_queue_up Whether the job queue answers.", "# TYPE rgbt_queue_up gauge"]

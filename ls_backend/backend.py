@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
+import torch
 
 from ls_backend.convert import class_names_from_schema, prediction_payload
 from ls_backend.images import FetchError
@@ -50,12 +54,23 @@ class UnknownProject(BadRequest):
     status = 404
 
 
+class ModelMismatch(BadRequest):
+    """The project's current model cannot serve its label config (detection vs segmentation)."""
+
+    status = 409
+
+
+#: Initial networks kept in memory (one per project and label set); older ones are dropped.
+MAX_INITIAL_MODELS = 4
+
+
 def project_key(value: Any) -> str:
     """Label Studio identifies projects as "<id>.<created timestamp>" in /setup and /predict, as ints in
     webhooks; the registry keys them by the id alone."""
     text = str(value).strip()
     key = text.split(".", 1)[0]
-    if not key.isdigit():
+    # ASCII only: str.isdigit() also accepts "²" and other digits int() and the registry refuse.
+    if not (key.isascii() and key.isdigit() and len(key) <= 19):
         raise BadRequest(
             f"project must be a Label Studio project id like '12' or '12.1700000000', got {value!r}"
         )
@@ -72,7 +87,7 @@ class RGBTBackend:
         if runner is not None:
             set_runner(runner)
         self.runner = get_runner(settings)
-        self._initial: dict[str, Predictor] = {}
+        self._initial: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
         self._fetch_pool = ThreadPoolExecutor(max(2, settings.predict_batch_size), thread_name_prefix="fetch")
 
@@ -92,6 +107,21 @@ class RGBTBackend:
         """Validate the project's config and remember how to reach Label Studio. Never loads a model:
         Label Studio gives /setup 3 seconds."""
         schema_from_config(label_config)
+        hostname, access_token = hostname.strip(), access_token.strip()
+        if hostname:
+            try:
+                parts = urlsplit(hostname)
+                valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+                _ = parts.port  # raises on a port that is not a number in range
+            except ValueError:
+                valid = False
+            if not valid:
+                raise BadRequest(
+                    "hostname must be Label Studio's http(s) URL (e.g. http://localhost:8080), "
+                    f"got {hostname!r}"
+                )
+        if access_token and any(c.isspace() or ord(c) < 32 for c in access_token):
+            raise BadRequest("access_token must be a Label Studio token (no spaces or control characters)")
         self._remember(project, label_config, hostname, access_token)
         return {"model_version": self.model_version(project)}
 
@@ -118,12 +148,30 @@ class RGBTBackend:
         project: str,
         label_config: str,
     ) -> dict[str, Any]:
-        """One prediction per task, in order: fused-branch regions, score = 1 - inconsistency."""
+        """One prediction per task, in order: fused-branch regions, score = 1 - inconsistency.
+
+        * A project without a trained version is answered by the initial network (version ``rgbt-initial``,
+          what /setup answers too), so Label Studio gets well-formed predictions from the start.
+        * Per-task failures: a task whose images cannot be fetched or decoded gets
+          ``{"result": [], "score": 1.0, "model_version": v, "error": message}`` (ranked last) and is
+          listed in the answer's ``errors``; the other tasks are predicted. When every task fails, the
+          first task's :class:`FetchError` is raised (a 4xx answer).
+        * A current version of another task kind than the config (detection vs segmentation) raises
+          :class:`ModelMismatch` (409) until a version for the new config is trained.
+
+        All images are fetched before a model is loaded or built, so requests whose tasks all fail stay cheap.
+        """
         schema = schema_from_config(label_config)
         if self.registry.project(project) is None:
             self._remember(project, label_config)
         version = self.model_version(project)
-        predictor = self._predictor(project, version, schema)
+        if version != INITIAL_VERSION:
+            trained_for = self.registry.info(project, version).task
+            if trained_for != schema.task:
+                raise ModelMismatch(
+                    f"project {project}: the current model version {version} is a {trained_for} model but "
+                    f"the label config asks for {schema.task}; start a training (START_TRAINING) to build one"
+                )
         fetcher = self.context.fetcher(project)
         pairs = list(self._fetch_pool.map(lambda task: self._load(fetcher, task, schema), tasks))
         errors = [
@@ -132,13 +180,16 @@ class RGBTBackend:
         if errors and len(errors) == len(tasks):
             raise errors[0][1]
         good = [pair for pair in pairs if not isinstance(pair, FetchError)]
+        predictor = self._predictor(project, version, schema)
         predictions = iter(predictor.predict(good, batch_size=self.settings.predict_batch_size))
         class_names = tuple(predictor.config.class_names)
         results: list[dict[str, Any]] = []
         unknown_labels: set[str] = set()
         for pair in pairs:
             if isinstance(pair, FetchError):
-                results.append({"result": [], "model_version": version, "error": str(pair)})
+                # score 1.0 ranks it last: Label Studio stores a missing score as NULL, which SQLite's
+                # ascending order would serve first.
+                results.append({"result": [], "score": 1.0, "model_version": version, "error": str(pair)})
                 continue
             payload, unknown = prediction_payload(
                 next(predictions), schema, class_names, version, image_size=pair[0].shape[:2]
@@ -166,10 +217,18 @@ class RGBTBackend:
         if version != INITIAL_VERSION:
             return self.context.predictor(project, version)
         # No trained version yet: answer with the initial network so Label Studio gets well-formed results.
+        # Its random layers are seeded from the key, so "rgbt-initial" means the same weights in every
+        # process and after the bounded cache dropped it.
         key = f"{project}:{schema.task}:{','.join(class_names_from_schema(schema))}"
         with self._lock:
             if key not in self._initial:
-                self._initial[key] = self.context.make_predictor(self.context.initial_model(schema))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(zlib.crc32(key.encode()))
+                    model = self.context.initial_model(schema)
+                self._initial[key] = self.context.make_predictor(model)
+                while len(self._initial) > MAX_INITIAL_MODELS:
+                    self._initial.popitem(last=False)
+            self._initial.move_to_end(key)
             return self._initial[key]
 
     # ------------------------------------------------------------------ fit (webhooks)
@@ -183,8 +242,8 @@ class RGBTBackend:
             raise BadRequest("webhook body needs a 'project' object with an 'id'")
         project = project_key(project_data["id"])
         label_config = project_data.get("label_config")
-        if label_config:
-            schema_from_config(label_config)
+        if label_config is not None and label_config != "":
+            schema_from_config(label_config)  # LabelConfigError (400) for a non-string too
             self._remember(project, label_config)
         elif self.registry.project(project) is None:
             raise UnknownProject(

@@ -147,7 +147,10 @@ def _display(url: str) -> str:
     Label Studio's own ``d=`` / ``fileuri=`` parameters, which name the file."""
     if len(url) > 300:
         url = url[:300] + "..."
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. "http://[::1": not a URL, shown without what follows a "?"
+        return url.split("?", 1)[0] + ("?..." if "?" in url else "")
     if not parts.query:
         return url
     keep = {k: v for k, v in parse_qs(parts.query).items() if k in ("d", "fileuri")}
@@ -241,9 +244,9 @@ def _session() -> requests.Session:
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) with default ports filled in; None when the URL has no host."""
-    parts = urlsplit(url)
+    """(scheme, host, port) with default ports filled in; None when the URL has no host (or is invalid)."""
     try:
+        parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return None
@@ -510,10 +513,21 @@ class ImageFetcher:
         url = url.strip()
         if any(ord(c) < 32 for c in url):
             raise BadImageURL(f"image URL {_display(url)!r} contains control characters", url=url)
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:  # e.g. an unclosed IPv6 bracket
+            raise BadImageURL(f"image URL {_display(url)!r} is not a valid URL: {error}", url=url) from error
         scheme = parts.scheme.lower()
         if not scheme and _STUDIO_PATH.match(url):
-            if ".." in unquote(parts.path).split("/"):
+            # The path, and the file Label Studio is asked for (local-files "d=", presign "fileuri="):
+            # traversal is refused here rather than left to Label Studio.
+            named = [unquote(parts.path)] + [
+                value
+                for key, values in parse_qs(parts.query).items()
+                if key in ("d", "fileuri")
+                for value in values
+            ]
+            if any(".." in text.replace("\\", "/").split("/") for text in named):
                 raise BadImageURL(
                     f"image URL {_display(url)!r}: dot segments in a Label Studio path", url=url
                 )
@@ -567,6 +581,17 @@ class ImageFetcher:
             )
         return self.studio
 
+    def _studio_auth(self, url: str) -> dict[str, str]:
+        """Label Studio's auth header; getting it may fail (a personal access token is refreshed first)."""
+        try:
+            return self._require_studio(url).auth_headers()
+        except FetchError:
+            raise
+        except Exception as error:  # StudioError, or a token the client cannot use
+            raise UpstreamError(
+                f"image URL {_display(url)!r}: cannot authenticate with Label Studio: {error}", url=url
+            ) from error
+
     def _studio_url(self, url: str) -> str:
         return self._require_studio(url).resolve_url(url)
 
@@ -603,7 +628,7 @@ class ImageFetcher:
             origin = _origin(current)
             headers = {"Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
             if studio and origin == studio_origin:
-                headers.update(self._require_studio(display).auth_headers())
+                headers.update(self._studio_auth(display))
             try:
                 response = _session().get(
                     current, headers=headers, stream=True, allow_redirects=False, timeout=self.timeout
@@ -620,9 +645,18 @@ class ImageFetcher:
                     f"{type(error).__name__}",
                     url=display,
                 ) from error
+            except ValueError as error:  # requests parses a redirect's Location even when not following it
+                raise UpstreamError(
+                    f"image URL {_display(display)!r}: {urlsplit(current).netloc} answered with an invalid "
+                    f"redirect ({error})",
+                    url=display,
+                ) from error
             with response:
                 if response.is_redirect:
-                    target = urljoin(current, response.headers["Location"])
+                    try:
+                        target = urljoin(current, response.headers["Location"])
+                    except ValueError:
+                        target = ""  # an invalid Location: refused below like a non-http one
                     if hop == MAX_REDIRECTS:
                         raise UpstreamError(
                             f"image URL {_display(display)!r}: more than {MAX_REDIRECTS} redirects",
@@ -631,7 +665,7 @@ class ImageFetcher:
                     target_origin = _origin(target)
                     if target_origin is None:
                         raise ForbiddenImageURL(
-                            f"image URL {_display(display)!r}: redirect to a non-http URL refused",
+                            f"image URL {_display(display)!r}: redirect to a non-http or invalid URL refused",
                             url=display,
                         )
                     if (

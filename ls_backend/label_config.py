@@ -183,10 +183,16 @@ def _check_xml(xml: str) -> None:
         raise LabelConfigError(f"label config is not well-formed XML: {error}") from error
 
 
-@lru_cache(maxsize=128)
 def schema_from_config(xml: str) -> ProjectSchema:
     """Parse a label config into a :class:`ProjectSchema` (cached per XML string: configs come with every
     request). Raises :class:`LabelConfigError` naming the problem."""
+    if not isinstance(xml, str):  # checked before the cache, which cannot hash lists or dicts
+        raise LabelConfigError(f"label config must be an XML string, got {type(xml).__name__}")
+    return _parse_schema(xml)
+
+
+@lru_cache(maxsize=128)
+def _parse_schema(xml: str) -> ProjectSchema:
     _check_xml(xml)
     try:
         interface = LabelInterface(xml)
