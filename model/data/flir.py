@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.data.io import load_rgb, load_thermal
-from model.data.readers import ListedReader, clip_boxes, parse_voc, read_list, require, resolve_split
+from model.data.readers import ListedReader, read_list, require, resolve_split, voc_pair_record
 from model.data.sample import PairRecord
 
 LAYOUT = """  root/JPEGImages/FLIR_XXXXX_RGB.jpg
@@ -84,20 +83,6 @@ class FLIRAlignedReader(ListedReader):
     def __getitem__(self, index: int) -> PairRecord:
         index = self._index(index)
         pair_id = self._ids[index]
-        paths = self.paths(pair_id)
-        rgb = load_rgb(require(paths["rgb"], LAYOUT))
-        thermal = load_thermal(require(paths["thermal"], LAYOUT))
-        if rgb.shape[:2] != thermal.shape:
-            raise ValueError(f"{pair_id}: RGB {rgb.shape[:2]} and thermal {thermal.shape} sizes differ")
-        boxes, labels, ignore = parse_voc(require(paths["annotation"], LAYOUT), self.class_names)
-        boxes, keep = clip_boxes(boxes, *thermal.shape)
-        return PairRecord(
-            pair_id=pair_id,
-            rgb=rgb,
-            thermal=thermal,
-            boxes=boxes[keep],
-            labels=labels[keep],
-            ignore=ignore[keep],
-            condition=self._conditions[index],
-            meta={"source": "flir-aligned"},
+        return voc_pair_record(
+            pair_id, self.paths(pair_id), LAYOUT, self.class_names, self._conditions[index], "flir-aligned"
         )

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.io import load_rgb, load_thermal
-from model.data.readers import ListedReader, clip_boxes, read_list, require, resolve_split
+from model.data.readers import ListedReader, clip_boxes, read_aligned_pair, read_list, require, resolve_split
 from model.data.sample import PairRecord
 
 LAYOUT = """  root/images/setXX/VYYY/{visible,lwir}/IZZZZZ.jpg
@@ -166,10 +165,7 @@ class KAISTReader(ListedReader):
         index = self._index(index)
         pair_id = self._ids[index]
         paths = self.paths(pair_id)
-        rgb = load_rgb(require(paths["rgb"], LAYOUT))
-        thermal = load_thermal(require(paths["thermal"], LAYOUT))
-        if rgb.shape[:2] != thermal.shape:
-            raise ValueError(f"{pair_id}: visible {rgb.shape[:2]} and lwir {thermal.shape} sizes differ")
+        rgb, thermal = read_aligned_pair(paths["rgb"], paths["thermal"], LAYOUT, pair_id)
         meta: dict[str, object] = {"source": "kaist"}
         if paths["visible"].is_file():
             boxes, labels, ignore, occlusion = parse_bbgt(paths["visible"])

@@ -22,7 +22,8 @@ import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeElementTree
 
-from model.data.sample import PairReader
+from model.data.io import load_rgb, load_thermal
+from model.data.sample import PairReader, PairRecord
 
 #: Name of the optional per-dataset sidecar mapping pair ids to conditions (``{"pair_id": "night"}``).
 CONDITIONS_FILE = "conditions.json"
@@ -213,6 +214,42 @@ class ListedReader:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, pairs={len(self)})"
+
+
+def read_aligned_pair(
+    rgb_path: Path, thermal_path: Path, layout: str, pair_id: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """An aligned pair's images: RGB (H, W, 3) and thermal (H, W) uint8; sizes must agree."""
+    rgb = load_rgb(require(rgb_path, layout))
+    thermal = load_thermal(require(thermal_path, layout))
+    if rgb.shape[:2] != thermal.shape:
+        raise ValueError(f"{pair_id}: RGB {rgb.shape[:2]} and thermal {thermal.shape} sizes differ")
+    return rgb, thermal
+
+
+def voc_pair_record(
+    pair_id: str,
+    paths: Mapping[str, Path],
+    layout: str,
+    class_names: Sequence[str],
+    condition: str | None,
+    source: str,
+) -> PairRecord:
+    """A pair whose boxes are in one Pascal-VOC XML file (FLIR-aligned, LLVIP): ``paths`` has ``rgb``,
+    ``thermal`` and ``annotation``."""
+    rgb, thermal = read_aligned_pair(paths["rgb"], paths["thermal"], layout, pair_id)
+    boxes, labels, ignore = parse_voc(require(paths["annotation"], layout), class_names)
+    boxes, keep = clip_boxes(boxes, *thermal.shape)
+    return PairRecord(
+        pair_id=pair_id,
+        rgb=rgb,
+        thermal=thermal,
+        boxes=boxes[keep],
+        labels=labels[keep],
+        ignore=ignore[keep],
+        condition=condition,
+        meta={"source": source},
+    )
 
 
 def open_dataset(
