@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ls_backend.settings import Settings, SettingsError, settings_table_markdown
+from model.data.readers import ALL_FORMATS
 
 log = logging.getLogger("rgbt-al")
 
@@ -67,10 +68,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(**overrides)
     if not settings.redis_url:
         raise CommandError("REDIS_URL is not set: without Redis, jobs run inside `rgbt-al serve`")
-    from rq import SimpleWorker
-
     from ls_backend.jobs import JobContext, set_context
     from ls_backend.queues import RQRunner, set_runner
+    from ls_backend.worker import LeasedWorker
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = RQRunner(settings)
@@ -78,9 +78,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot reach Redis at {settings.redis_url}")
     set_runner(runner)
     set_context(JobContext(settings))
-    # SimpleWorker runs jobs in this process: loaded models stay in memory between jobs and CUDA is never
-    # used across a fork.
-    worker = SimpleWorker([runner.queue], connection=runner.connection)
+    # Jobs run in this process (loaded models stay in memory between jobs, CUDA is never used across a
+    # fork), each on a lease renewed while it runs: a killed worker's job is retried or reported failed.
+    worker = LeasedWorker(
+        [runner.queue], connection=runner.connection, lease_seconds=settings.worker_lease_seconds
+    )
     worker.work(burst=args.burst, with_scheduler=True, logging_level=settings.log_level)
     return 0
 
@@ -127,8 +129,89 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------ admin
+def _studio_from(args: argparse.Namespace):
+    from ls_backend.studio import StudioClient
+
+    url = args.label_studio_url or os.environ.get("LABEL_STUDIO_URL", "")
+    token = args.api_key or os.environ.get("LABEL_STUDIO_API_KEY", "")
+    if not url or not token:
+        raise CommandError(
+            "give --label-studio-url and --api-key (or set LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY)"
+        )
+    return StudioClient(url, token)
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from ls_backend.admin import (
+        AdminError,
+        read_label_config,
+        set_up_project,
+        tasks_from_folder,
+        tasks_from_json,
+    )
+    from ls_backend.studio import StudioError
+
+    try:
+        label_config, schema = read_label_config(args.config)
+        tasks: list = []
+        storage = None
+        if args.images:
+            if not args.document_root:
+                raise CommandError(
+                    "--images needs --document-root: Label Studio's LOCAL_FILES_DOCUMENT_ROOT, under "
+                    "which the folder must lie (Label Studio serves the files through a local-files storage)"
+                )
+            storage = Path(args.images)
+            tasks = tasks_from_folder(storage, schema, Path(args.document_root))
+        elif args.tasks:
+            tasks = tasks_from_json(args.tasks, schema)
+        basic_auth = None
+        if args.backend_user or args.backend_password:
+            basic_auth = (args.backend_user or "", args.backend_password or "")
+        setup = set_up_project(
+            _studio_from(args),
+            label_config=label_config,
+            title=args.title,
+            project_id=None if args.action == "create" else args.project,
+            tasks=tasks,
+            storage_folder=storage,
+            backend_url=args.backend_url,
+            basic_auth=basic_auth,
+            train=args.train,
+        )
+    except (AdminError, StudioError) as error:
+        raise CommandError(str(error)) from error
+    print(json.dumps(setup.to_json(), indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ls_backend.admin import AdminError
+    from ls_backend.demo import DemoOptions, run_demo
+    from ls_backend.processes import ProcessError
+    from ls_backend.studio import StudioError
+    from ls_backend.studio_server import StudioServerError
+
+    options = DemoOptions(
+        data_dir=Path(args.data_dir),
+        task=args.task,
+        label_studio_port=args.port,
+        backend_port=args.backend_port,
+        pairs=args.pairs,
+        initial=args.initial,
+        fresh=args.fresh,
+        exit_when_ready=args.exit_when_ready,
+        redis_url=None if args.no_redis else args.redis_url,
+    )
+    try:
+        return run_demo(options)
+    except (AdminError, ProcessError, StudioError, StudioServerError) as error:
+        raise CommandError(str(error)) from error
+
+
 # ------------------------------------------------------------------------------------------ model
-DATA_FORMATS = ("flir-aligned", "kaist", "llvip", "mfnet")
+DATA_FORMATS = ALL_FORMATS
 
 
 def _task_for(format_name: str, task: str | None) -> str:
@@ -286,6 +369,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from model.active import SimulationConfig, simulate
     from model.report import summarise
 
+    synthetic_options = {}
+    if args.min_object_height is not None:
+        synthetic_options["min_height"] = args.min_object_height
+    if args.max_object_height is not None:
+        synthetic_options["max_height"] = args.max_object_height
     config = SimulationConfig(
         task=args.task,
         dataset=args.dataset,
@@ -299,14 +387,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         epochs_initial=args.epochs_initial,
         epochs_per_cycle=args.epochs_per_cycle,
         full_data_epochs=args.full_data_epochs,
+        steps_initial=args.steps_initial,
+        steps_per_cycle=args.steps_per_cycle,
+        full_data_steps=args.full_data_steps,
         full_data=not args.no_full_data,
+        synthetic_options=synthetic_options,
         width=args.width,
         image_size=args.image_size,
         batch_size=args.batch_size,
         lr=args.lr,
         device=args.device,
     )
-    results = simulate(config, args.out, progress=not args.quiet)
+    results = simulate(config, args.out, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir)
     print((Path(args.out) / "summary.md").read_text())
     summary = summarise(results)
     return 0 if summary["strategies"] else 1
@@ -338,6 +430,40 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="show the effective configuration")
     config.add_argument("--markdown", action="store_true", help="print the README's configuration table")
     config.set_defaults(func=cmd_config)
+
+    project = commands.add_parser("project", help="create or update a Label Studio project for this backend")
+    project.add_argument("action", choices=("create", "setup"), help="create a project, or set one up")
+    project.add_argument("--project", type=int, help="project id (setup)")
+    project.add_argument("--title", help="project title (create; renames with setup)")
+    project.add_argument(
+        "--config",
+        required=True,
+        help="a path, or a name in label_config/ (e.g. flir_detection)",
+    )
+    source = project.add_mutually_exclusive_group()
+    source.add_argument("--images", help="folder with rgb/ and thermal/ sub-folders (paired by file name)")
+    source.add_argument("--tasks", help="JSON list of tasks with the config's two image URL keys")
+    project.add_argument("--document-root", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (with --images)")
+    project.add_argument("--backend-url", help="this backend's URL as Label Studio reaches it")
+    project.add_argument("--backend-user", help="basic-auth user of the backend, if it has one")
+    project.add_argument("--backend-password", help="basic-auth password of the backend")
+    project.add_argument("--train", action="store_true", help="start a training round now")
+    project.add_argument("--label-studio-url", help="default: LABEL_STUDIO_URL")
+    project.add_argument("--api-key", help="access token (default: LABEL_STUDIO_API_KEY)")
+    project.set_defaults(func=cmd_project)
+
+    demo = commands.add_parser("demo", help="Label Studio + backend + a generated RGB-T project")
+    demo.add_argument("--data-dir", default="demo-data", help="what the demo keeps")
+    demo.add_argument("--task", choices=("detection", "segmentation"), default="detection")
+    demo.add_argument("--port", type=int, default=8080, help="Label Studio port")
+    demo.add_argument("--backend-port", type=int, default=9090)
+    demo.add_argument("--pairs", type=int, default=160, help="generated pairs")
+    demo.add_argument("--initial", type=int, default=24, help="random initial labelled set")
+    demo.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="used when it answers")
+    demo.add_argument("--no-redis", action="store_true", help="run jobs inside the server")
+    demo.add_argument("--fresh", action="store_true", help="delete the data folder first")
+    demo.add_argument("--exit-when-ready", action="store_true", help="stop once the queue is ready")
+    demo.set_defaults(func=cmd_demo)
 
     synth = commands.add_parser("synth", help="write a synthetic RGB-T dataset in a real on-disk format")
     synth.add_argument("--out", required=True, help="output folder")
@@ -401,6 +527,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--epochs-initial", type=int, default=20)
     sim.add_argument("--epochs-per-cycle", type=int, default=10)
     sim.add_argument("--full-data-epochs", type=int, default=20)
+    sim.add_argument("--steps-initial", type=int, help="steps for the initial model (overrides epochs)")
+    sim.add_argument("--steps-per-cycle", type=int, help="optimizer steps per fine-tuning cycle")
+    sim.add_argument("--full-data-steps", type=int, help="optimizer steps for the full-data reference")
+    sim.add_argument("--min-object-height", type=float, help="synthetic: smallest object / image height")
+    sim.add_argument("--max-object-height", type=float, help="synthetic: largest object / image height")
+    sim.add_argument("--checkpoint-dir", help="model checkpoints (default OUT/checkpoints)")
     sim.add_argument("--no-full-data", action="store_true")
     sim.add_argument("--width", type=float, default=0.125)
     sim.add_argument("--image-size", type=_size, default=(64, 80))
@@ -418,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    # One line per HTTP request to Label Studio drowns what matters; errors still surface as exceptions.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except (CommandError, SettingsError) as error:

@@ -125,6 +125,45 @@ class Worker(ManagedProcess):
         super().__init__(args, env=env, log_path=log_path, name="worker")
 
 
+class RedisServer(ManagedProcess):
+    """A private ``redis-server`` on ``127.0.0.1:port`` without persistence (a restart starts it empty): the
+    fault tests stop and restart it at will, never the shared one."""
+
+    def __init__(self, port: int, *, log_path: Path, executable: str = "redis-server") -> None:
+        args = [
+            executable,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(log_path.parent),
+        ]  # fmt: skip
+        super().__init__(args, env=os.environ, log_path=log_path, name=f"redis on port {port}")
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if redis.Redis(port=self.port, socket_connect_timeout=1).ping():
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise ProcessError(f"{self.name} not ready after {timeout:.0f} s:\n{_tail(self.log_path)}")
+
+    def restart(self) -> None:
+        """Start it again on the same port after :meth:`kill` or :meth:`stop` (empty: nothing persisted)."""
+        if self.process is not None:
+            self.process.wait(15)
+        self.start()
+        self.wait_ready()
+
+
 def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment plus ``settings``, with threads capped so children share the CPU."""
     env = dict(os.environ)

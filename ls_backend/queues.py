@@ -17,11 +17,14 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from ls_backend.settings import Settings
@@ -29,6 +32,10 @@ from ls_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 TRAIN_JOB = "ls_backend.jobs.train_project"
+
+
+class QueueUnavailable(RuntimeError):
+    """Redis does not answer: nothing can be queued or looked up right now (HTTP 503; try again later)."""
 
 
 @dataclass
@@ -305,9 +312,23 @@ class RQRunner:
 
         self.settings = settings
         self.train_job = train_job
-        self.connection = connection or Redis.from_url(settings.redis_url)
+        # A bounded connect: an unreachable Redis (host gone, packets dropped) makes webhooks answer 503 in
+        # seconds instead of holding a server thread until the TCP timeout.
+        self.connection = connection or Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         self.queue = Queue(settings.queue_name, connection=self.connection)
         self.prefix = f"rgbt-al:{settings.queue_name}"
+
+    @contextmanager
+    def _available(self) -> Iterator[None]:
+        """Redis outages as :class:`QueueUnavailable` (the web process answers 503, not a crash)."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            where = self.connection.connection_pool.connection_kwargs
+            raise QueueUnavailable(
+                f"the job queue (Redis at {where.get('host', '?')}:{where.get('port', '?')}) does not "
+                f"answer: {error}"
+            ) from error
 
     def ping(self) -> bool:
         try:
@@ -329,17 +350,18 @@ class RQRunner:
         retries = self.settings.job_retries
         delay = self.settings.job_retry_delay
         retry = Retry(max=retries, interval=[int(delay * 2**i) for i in range(retries)]) if retries else None
-        job = self.queue.enqueue(
-            func,
-            *args,
-            job_id=job_id,
-            depends_on=depends_on or None,
-            description=description or func,
-            job_timeout=self.settings.job_timeout,
-            result_ttl=7 * 24 * 3600,
-            failure_ttl=7 * 24 * 3600,
-            retry=retry,
-        )
+        with self._available():
+            job = self.queue.enqueue(
+                func,
+                *args,
+                job_id=job_id,
+                depends_on=depends_on or None,
+                description=description or func,
+                job_timeout=self.settings.job_timeout,
+                result_ttl=7 * 24 * 3600,
+                failure_ttl=7 * 24 * 3600,
+                retry=retry,
+            )
         return job.id
 
     def _pending_key(self, project: str) -> str:
@@ -349,6 +371,10 @@ class RQRunner:
         return f"{self.prefix}:new-annotations:{project}"
 
     def request_training(self, project: str, *, force: bool, events: int = 1) -> TrainingRequest:
+        with self._available():
+            return self._request_training(project, force=force, events=events)
+
+    def _request_training(self, project: str, *, force: bool, events: int) -> TrainingRequest:
         threshold = self.settings.train_every_n_annotations
         count = int(self.connection.incrby(self._count_key(project), events))
         pending = self._live_pending(project)
@@ -434,6 +460,10 @@ class RQRunner:
         )
 
     def jobs(self, limit: int = 50) -> list[JobState]:
+        with self._available():
+            return self._jobs(limit)
+
+    def _jobs(self, limit: int) -> list[JobState]:
         from rq.job import Job
 
         ids: list[str] = []
@@ -457,7 +487,8 @@ class RQRunner:
         from rq.job import Job
 
         try:
-            return self._state(Job.fetch(job_id, connection=self.connection))
+            with self._available():
+                return self._state(Job.fetch(job_id, connection=self.connection))
         except NoSuchJobError:
             return None
 

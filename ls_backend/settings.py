@@ -91,6 +91,13 @@ class Settings:
         "JOB_RETRY_DELAY", 10.0, "Seconds before the first retry of a failed job (doubling after)."
     )
     job_timeout: int = _setting("JOB_TIMEOUT", 6 * 3600, "Seconds a training or scoring job may run.")
+    worker_lease_seconds: int = _setting(
+        "WORKER_LEASE_SECONDS",
+        60,
+        "A running job's lease, renewed by its worker every quarter of it: the job of a worker that died "
+        "(killed, machine lost) is retried, or reported failed, once its lease ran out. Idle workers also "
+        "run queue maintenance this often.",
+    )
     # --- HTTP server
     host: str = _setting("HOST", "0.0.0.0", "Address `rgbt-al serve` binds.")
     port: int = _setting("PORT", 9090, "Port `rgbt-al serve` binds.")
@@ -199,6 +206,8 @@ class Settings:
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise SettingsError("HOLDOUT_FRACTION must be in [0, 1)")
+        if self.worker_lease_seconds < 2:
+            raise SettingsError("WORKER_LEASE_SECONDS must be >= 2")
         for name in ("train_every_n_annotations", "train_epochs", "push_page_size", "score_shard_size"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")

@@ -7,11 +7,22 @@ Every test in this folder is marked ``e2e`` (``pytest -m "not e2e"`` leaves them
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
+from ls_backend.admin import (
+    annotate_random_initial_set,
+    read_label_config,
+    set_up_project,
+    tasks_from_folder,
+    write_synthetic_pairs,
+)
+from ls_backend.label_config import ProjectSchema
 from ls_backend.studio import StudioClient
 from ls_backend.studio_server import (
     LabelStudioServer,
@@ -62,3 +73,87 @@ def personal_access_token(label_studio: LabelStudioServer) -> str:
     with StudioClient(label_studio.url, label_studio.token) as client:
         answer = client.request("POST", "api/token/")
     return str(answer["token"])
+
+
+# ------------------------------------------------------------------------------------------ stacks
+#: The shared Redis of these machines; every test gets a queue (and key prefix) of its own.
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class LabelledProject:
+    """A Label Studio project of generated pairs (tasks reference them through local-files storage), some of
+    them annotated with their ground truth. No ML backend is connected: tests start their own processes."""
+
+    id: int
+    label_config: str
+    schema: ProjectSchema
+    task_ids: tuple[int, ...]
+    annotated: tuple[int, ...]
+
+    @property
+    def key(self) -> str:
+        """The project as the backend's registry keys it."""
+        return str(self.id)
+
+    @property
+    def unlabelled(self) -> set[int]:
+        return set(self.task_ids) - set(self.annotated)
+
+
+@pytest.fixture
+def labelled_project(label_studio: LabelStudioServer) -> Callable[..., LabelledProject]:
+    """A factory: ``labelled_project(title, pairs=12, annotated=4, task="detection")``."""
+
+    def make(title: str, pairs: int = 12, annotated: int = 4, task: str = "detection") -> LabelledProject:
+        folder = label_studio.files_root / f"{title}-{uuid.uuid4().hex[:6]}"
+        written = write_synthetic_pairs(folder, pairs, seed=11, image_size=(64, 80))
+        label_config, schema = read_label_config(f"synthetic_{task}")
+        with StudioClient(label_studio.url, label_studio.token) as client:
+            setup = set_up_project(
+                client,
+                title=title,
+                label_config=label_config,
+                tasks=tasks_from_folder(folder, schema, label_studio.files_root),
+                storage_folder=folder,
+            )
+            task_ids = tuple(int(t["id"]) for t in client.iter_tasks(setup.project_id))
+            done = annotate_random_initial_set(client, setup.project_id, written, schema, annotated, seed=2)
+        return LabelledProject(setup.project_id, label_config, schema, task_ids, tuple(done))
+
+    return make
+
+
+@pytest.fixture
+def queue_name() -> Iterator[str]:
+    """An RQ queue of the test's own on the shared Redis; its keys are deleted afterwards."""
+    name = f"rgbt-e2e-{uuid.uuid4().hex[:10]}"
+    yield name
+    connection = Redis.from_url(SHARED_REDIS_URL)
+    keys = list(connection.scan_iter(f"*{name}*", count=1000))
+    if keys:
+        connection.delete(*keys)
+
+
+def stack_settings(
+    label_studio_url: str, token: str, model_dir: Path, *, redis_url: str, queue: str, **overrides: str
+) -> dict[str, str]:
+    """Environment of `rgbt-al serve` / `rgbt-al worker` for a test: a tiny CPU model, one training epoch,
+    quick retries; ``overrides`` (by variable name) win."""
+    values = {
+        "LABEL_STUDIO_URL": label_studio_url,
+        "LABEL_STUDIO_API_KEY": token,
+        "MODEL_DIR": str(model_dir),
+        "MODEL_WIDTH": "0.0625",
+        "MODEL_IMAGE_SIZE": "64x80",
+        "TRAIN_EPOCHS": "1",
+        "TRAIN_BATCH_SIZE": "4",
+        "PREDICTION_SCORE_THRESHOLD": "0.0",
+        "REDIS_URL": redis_url,
+        "RQ_QUEUE": queue,
+        "JOB_RETRY_DELAY": "1",
+        "DEVICE": "cpu",
+        "LOG_LEVEL": "INFO",
+    }
+    values.update(overrides)
+    return values

@@ -44,3 +44,15 @@ def record_job(path: str, value: str) -> None:
 def fake_train(project: str) -> str:
     """Stands in for ls_backend.jobs.train_project where no Label Studio is involved."""
     return f"trained {project}"
+
+
+def stuck_training(project: str) -> str:
+    """A training round that hangs after its first epoch (until ``$STUCK_JOB_RELEASE`` exists) and never
+    releases its pending claim: what a worker killed mid-training leaves behind."""
+    report_progress(0.1, "epoch 1/1000")
+    release = Path(os.environ.get("STUCK_JOB_RELEASE", "/nonexistent/never"))
+    for _ in range(6000):
+        if release.exists():
+            return f"trained {project}"
+        time.sleep(0.1)
+    return f"gave up on {project}"
