@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo simulate bench clean
+.PHONY: venv test lint demo simulate bench al-benchmark clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,16 @@ test: lint
 
 demo: venv
 	$(BIN)/rgbt-al demo
+
+# Every benchmark (about 20 minutes on 2 CPU cores): benchmarks/results/<device>.json and the README's
+# performance table. BENCH_ARGS=--quick for a smoke run, BENCH_ARGS="--only push" for some.
+bench: venv
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# Active learning on the synthetic generator (detection + segmentation, 3 seeds): resumable; writes
+# benchmarks/results/al_synthetic/ and the README's results section.
+al-benchmark: venv
+	$(BIN)/python benchmarks/al_synthetic.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -117,27 +117,34 @@ def detections_to_results(
     clipped = boxes_a.clip(0.0, None)
     clipped[:, 0::2] = clipped[:, 0::2].clip(None, width)
     clipped[:, 1::2] = clipped[:, 1::2].clip(None, height)
-    for index, ((x1, y1, x2, y2), score, class_id) in enumerate(
-        zip(clipped, scores_a, labels_a, strict=True)
+    # Vectorised once per task (pool scoring converts every box of every task): percentages, validity and the
+    # rounded corners the region ids hash, then one cheap loop over plain Python numbers.
+    with np.errstate(invalid="ignore"):
+        usable = np.isfinite(clipped).all(axis=1) & np.isfinite(scores_a)
+        usable &= (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+        percent = np.stack(
+            [
+                clipped[:, 0] / width * 100.0,
+                clipped[:, 1] / height * 100.0,
+                (clipped[:, 2] - clipped[:, 0]) / width * 100.0,
+                (clipped[:, 3] - clipped[:, 1]) / height * 100.0,
+            ],
+            axis=1,
+        ).clip(0.0, 100.0)
+    rounded = np.round(clipped, 2).tolist()
+    for index, (label, ok, (x, y, w, h), score) in enumerate(
+        zip(labels_a.tolist(), usable.tolist(), percent.tolist(), scores_a.tolist(), strict=True)
     ):
-        label = int(class_id)
         if label not in names:
             unknown.add(class_names[label - 1] if 1 <= label <= len(class_names) else f"<class id {label}>")
             continue
-        if not np.isfinite([x1, y1, x2, y2, score]).all() or x2 <= x1 or y2 <= y1:
+        if not ok:
             continue  # empty after clipping, or NaN (which JSON cannot carry)
-        value = {
-            "x": float(np.clip(x1 / width * 100.0, 0.0, 100.0)),
-            "y": float(np.clip(y1 / height * 100.0, 0.0, 100.0)),
-            "width": float(np.clip((x2 - x1) / width * 100.0, 0.0, 100.0)),
-            "height": float(np.clip((y2 - y1) / height * 100.0, 0.0, 100.0)),
-            "rotation": 0,
-            "rectanglelabels": [names[label]],
-        }
+        value = {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": [names[label]]}
         result = _base_result(schema.control, image_size)
-        result["id"] = _region_id(schema.control.name, index, names[label], *np.round([x1, y1, x2, y2], 2))
+        result["id"] = _region_id(schema.control.name, index, names[label], *rounded[index])
         result["value"] = value
-        result["score"] = float(score)
+        result["score"] = score
         results.append(result)
     return results, unknown
 

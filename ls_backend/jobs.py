@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from model.data.dataset import PairDataset
 from model.data.memory import InMemoryReader
 from model.data.sample import PairRecord
 from model.data.transforms import eval_transform, train_transform
-from model.inference import Predictor
+from model.inference import Predictor, PreparedBatch
 from model.network import ThreeBranchNet
 from model.train import EpochLog, TrainConfig, evaluate, fit
 
@@ -79,7 +79,10 @@ class JobContext:
         key = self.connection(project)
         with self._lock:
             if key not in self._studios:
-                self._studios[key] = StudioClient(*key)
+                try:
+                    self._studios[key] = StudioClient(*key)
+                except (TypeError, ValueError) as error:  # a malformed URL or token (e.g. a JWT's "exp")
+                    raise JobError(f"project {project}: unusable Label Studio connection: {error}") from error
             return self._studios[key]
 
     def fetcher(self, project: str | None) -> ImageFetcher:
@@ -338,11 +341,18 @@ def score_pool(project: str, version: str) -> dict[str, Any]:
             description=f"switch project {project} to {version}",
         )
         return {"status": "sharded", "tasks": len(tasks), "shards": shard_jobs, "finalize": final}
-    totals = {"scored": 0, "failed": []}
-    for i, shard in enumerate(shards):
-        result = score_shard(project, version, list(shard), progress=(i / len(shards), 1 / len(shards)))
-        totals["scored"] += result["scored"]
-        totals["failed"] += result["failed"]
+    totals: dict[str, Any] = {"scored": 0, "failed": []}
+    # One pusher for every shard: the last pages of a shard are pushed while the next shard is scored.
+    with ThreadPoolExecutor(1, thread_name_prefix="push") as pusher:
+        pushes: list[Future] = []
+        for i, shard in enumerate(shards):
+            scored, failed = _score_and_push(
+                context, project, version, list(shard), pusher, pushes, (i / len(shards), 1 / len(shards))
+            )
+            totals["scored"] += scored
+            totals["failed"] += failed
+        for push in pushes:
+            push.result()
     final = finalize_scoring(project, version, len(tasks))
     return {"status": "scored", "tasks": len(tasks), **totals, **final}
 
@@ -353,22 +363,42 @@ def score_shard(
     tasks: list[tuple[int, dict[str, Any]]],
     progress: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
-    """Predict a shard of tasks in batches and push their predictions in bulk pages.
-
-    Image fetching runs ahead in a thread pool and pushing runs in a background thread, so the network
-    never waits for the network (the other one).
-    """
+    """Predict a shard of tasks in batches and push their predictions in bulk pages (an RQ job; returns
+    once every page of the shard is in Label Studio)."""
     context = get_context()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(1, thread_name_prefix="push") as pusher:
+        pushes: list[Future] = []
+        scored, failed = _score_and_push(context, project, version, tasks, pusher, pushes, progress)
+        for push in pushes:
+            push.result()  # re-raises a push that failed after its retries: the job is retried
+    seconds = time.perf_counter() - started
+    return {"scored": scored, "failed": failed, "seconds": round(seconds, 3)}
+
+
+def _score_and_push(
+    context: JobContext,
+    project: str,
+    version: str,
+    tasks: list[tuple[int, dict[str, Any]]],
+    pusher: ThreadPoolExecutor,
+    pushes: list[Future],
+    progress: tuple[float, float],
+) -> tuple[int, list[int]]:
+    """The scoring hot path: loader threads fetch, decode, resize and stack the next batches while the
+    network runs on this one; full pages of ``PUSH_PAGE_SIZE`` predictions go to ``pusher`` (one bulk import
+    request each) as soon as they fill, and the last partial page is left in ``pushes`` for the caller to
+    wait on. Returns (pairs scored, ids of tasks whose images failed)."""
     settings = context.settings
     schema = context.schema(project)
     predictor = context.predictor(project, version)
     class_names = tuple(predictor.config.class_names)
     studio = context.studio(project)
     fetcher = context.fetcher(project)
+    page_size = settings.push_page_size
     failed: list[int] = []
     page: list[dict[str, Any]] = []
     scored = 0
-    started = time.perf_counter()
     offset, span = progress
 
     def fetch(item: tuple[int, dict[str, Any]]) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
@@ -379,45 +409,54 @@ def score_shard(
             log.warning("project %s task %s: %s", project, task_id, error)
             return task_id, None
 
+    def load(
+        batch: Sequence[tuple[int, dict[str, Any]]],
+    ) -> tuple[list[int], list[int], PreparedBatch | None]:
+        """(good task ids, failed task ids, the good pairs as one network batch)."""
+        loaded = list(fetch_pool.map(fetch, batch))
+        good = [(task_id, pair) for task_id, pair in loaded if pair is not None]
+        bad = [task_id for task_id, pair in loaded if pair is None]
+        prepared = predictor.prepare_batch([pair for _, pair in good]) if good else None
+        return [task_id for task_id, _ in good], bad, prepared
+
+    batches = list(_chunks(tasks, settings.score_batch_size))
+    workers = max(1, settings.score_loader_workers)
+    # fetch_pool decodes a batch's images in parallel; loaders keeps two batches in flight ahead of the
+    # network.
     with (
-        ThreadPoolExecutor(max(1, settings.score_loader_workers)) as loaders,
-        ThreadPoolExecutor(1) as pusher,
+        ThreadPoolExecutor(workers, thread_name_prefix="fetch") as fetch_pool,
+        ThreadPoolExecutor(2, thread_name_prefix="load") as loaders,
     ):
-        pushes: list[Future] = []
-        batches = list(_chunks(tasks, settings.score_batch_size))
-        upcoming = [loaders.submit(lambda b=b: [fetch(item) for item in b]) for b in batches[:2]]
+        upcoming = deque(loaders.submit(load, b) for b in batches[:2])
         for index in range(len(batches)):
-            loaded = upcoming[index].result()
+            ids, bad, prepared = upcoming.popleft().result()
             if index + 2 < len(batches):
-                upcoming.append(loaders.submit(lambda b=batches[index + 2]: [fetch(item) for item in b]))
-            good = [(task_id, pair) for task_id, pair in loaded if pair is not None]
-            failed.extend(task_id for task_id, pair in loaded if pair is None)
-            if good:
-                predictions = predictor.predict(
-                    [pair for _, pair in good], batch_size=settings.score_batch_size
-                )
-                for (task_id, pair), prediction in zip(good, predictions, strict=True):
-                    payload, _ = prediction_payload(
-                        prediction, schema, class_names, version, image_size=pair[0].shape[:2]
-                    )
+                upcoming.append(loaders.submit(load, batches[index + 2]))
+            failed.extend(bad)
+            if prepared is not None:
+                predictions = predictor.predict_batch(prepared)
+                for task_id, size, prediction in zip(ids, prepared.sizes, predictions, strict=True):
+                    payload, _ = prediction_payload(prediction, schema, class_names, version, image_size=size)
                     page.append({"task": task_id, **payload})
-                scored += len(good)
-            if len(page) >= settings.push_page_size:
-                pushes.append(pusher.submit(studio.import_predictions, int(project), page))
-                page = []
+                scored += len(ids)
+            while len(page) >= page_size:
+                pushes.append(pusher.submit(studio.import_predictions, int(project), page[:page_size]))
+                page = page[page_size:]
             report_progress(offset + span * (index + 1) / len(batches), f"scored {scored}/{len(tasks)}")
-        if page:
-            pushes.append(pusher.submit(studio.import_predictions, int(project), page))
-        for push in pushes:
-            push.result()  # re-raises a push that failed after its retries: the job is retried
-    seconds = time.perf_counter() - started
-    return {"scored": scored, "failed": failed, "seconds": round(seconds, 3)}
+    if page:
+        pushes.append(pusher.submit(studio.import_predictions, int(project), page))
+    return scored, failed
 
 
 def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any]:
     """Point the project at ``version`` (uncertainty sampling uses only its predictions), drop old ones."""
     context = get_context()
     studio = context.studio(project)
+    if expected == 0:
+        # Label Studio refuses a model_version that has no predictions: with an empty pool there is
+        # nothing to rank, so the project keeps its version.
+        report_progress(1.0, "no unlabelled tasks: nothing to rank")
+        return {"model_version": None, "expected": 0, "deleted_predictions": 0}
     studio.set_model_version(int(project), version)
     keep = [v.version for v in context.registry.versions(project)][
         -context.settings.keep_prediction_versions :

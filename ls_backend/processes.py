@@ -168,5 +168,8 @@ def child_env(settings: Mapping[str, str]) -> dict[str, str]:
     """This process's environment plus ``settings``, with threads capped so children share the CPU."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+    # OpenMP threads spin while waiting by default: beside Label Studio and other children on a small CPU
+    # that made a forward pass 6x slower (benchmarks/README figures); passive waiting yields the core.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env.update({key: str(value) for key, value in settings.items()})
     return env

@@ -62,6 +62,11 @@ def prediction_inconsistency(
     """
     if p_visible.shape != p_thermal.shape:
         raise ValueError(f"shapes differ: {tuple(p_visible.shape)} vs {tuple(p_thermal.shape)}")
+    if class_dim is not None and background_index is not None:
+        # I is elementwise per class: drop the background before computing it (less work, and views only,
+        # so no index tensor is built and copied to the device for every call).
+        p_visible = _drop_class(p_visible, class_dim, background_index)
+        p_thermal = _drop_class(p_thermal, class_dim, background_index)
     p_visible = p_visible.float()
     p_thermal = p_thermal.float()
     mixture = binary_entropy((p_visible + p_thermal) / 2, eps)
@@ -70,17 +75,26 @@ def prediction_inconsistency(
     )
     if class_dim is None:
         return inconsistency
-    if background_index is not None:
-        num_classes = inconsistency.shape[class_dim]
-        keep = [c for c in range(num_classes) if c != background_index % num_classes]
-        if not keep:
-            raise ValueError("no foreground class left after dropping the background")
-        inconsistency = inconsistency.index_select(class_dim, torch.tensor(keep, device=inconsistency.device))
     if reduction == "max":
         return inconsistency.amax(dim=class_dim)
     if reduction == "mean":
         return inconsistency.mean(dim=class_dim)
     raise ValueError(f"reduction must be 'max' or 'mean', got {reduction!r}")
+
+
+def _drop_class(probabilities: Tensor, class_dim: int, index: int) -> Tensor:
+    """``probabilities`` without class ``index`` along ``class_dim`` (a view when it is the first or last)."""
+    num_classes = probabilities.shape[class_dim]
+    index %= num_classes
+    if num_classes < 2:
+        raise ValueError("no foreground class left after dropping the background")
+    if index == 0:
+        return probabilities.narrow(class_dim, 1, num_classes - 1)
+    if index == num_classes - 1:
+        return probabilities.narrow(class_dim, 0, num_classes - 1)
+    before = probabilities.narrow(class_dim, 0, index)
+    after = probabilities.narrow(class_dim, index + 1, num_classes - index - 1)
+    return torch.cat([before, after], dim=class_dim)
 
 
 def scale_balanced_mean(levels: Sequence[Tensor]) -> Tensor:

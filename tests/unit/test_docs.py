@@ -54,6 +54,7 @@ LABEL_STUDIO_VARIABLES = frozenset(
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK",
         "LABEL_STUDIO_HOST",
+        "fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short",
     }
 )
 #: Variables only Docker Compose reads (interpolation and profiles), never the backend.
