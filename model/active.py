@@ -5,14 +5,20 @@ For each seed: a random initial labelled set of ``b`` pairs; train; then, per st
 enlarged set, evaluate on the fixed test split. The initial model is shared by all strategies of a seed, so
 curves start from the same point. A full-data model per seed gives the reference line.
 
-Progress is saved to ``results.json`` after every cycle (with a checkpoint per running strategy), so an
-interrupted simulation resumes where it stopped.
+Training length is either epochs (``epochs_*``) or, when set, a number of optimizer steps (``steps_*``)
+drawn with replacement from the labelled set: tiny labelled sets get too few updates from a few epochs.
+
+Progress is saved to ``results.json`` after every cycle, with a model checkpoint per cycle (the last two of
+each run are kept, in ``checkpoint_dir``), so an interrupted simulation resumes where it stopped: finished
+cycles are never recomputed, and a cycle whose record was lost is redone from the previous cycle's model.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -20,15 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from model.acquisition import make_strategy
+from model.acquisition import compute_signals, make_strategy
 from model.checkpoint import atomic_write_bytes, load_model, save_checkpoint
 from model.config import NetConfig
 from model.data.dataset import PairDataset
 from model.data.sample import PairReader
 from model.data.transforms import eval_transform, train_transform
+from model.device import select_device
 from model.network import ThreeBranchNet
 from model.train import PRIMARY_METRIC, TrainConfig, evaluate, fit
 
@@ -54,7 +62,16 @@ class SimulationConfig:
     epochs_initial: int = 20
     epochs_per_cycle: int = 10
     full_data_epochs: int = 20
+    #: Optimizer steps (batches drawn with replacement); each overrides its ``epochs_*`` when set.
+    steps_initial: int | None = None
+    steps_per_cycle: int | None = None
+    full_data_steps: int | None = None
     full_data: bool = True
+    #: Seeds that get a full-data reference model (None: every seed); the reference is their mean. A
+    #: converged full-data model costs more than a whole seed's cycles on a CPU, so one can be enough.
+    full_data_seeds: list[int] | None = None
+    #: Synthetic only: overrides of :class:`model.data.synthetic.SyntheticConfig` (e.g. ``min_height``).
+    synthetic_options: dict[str, Any] = field(default_factory=dict)
     width: float = 0.125
     image_size: tuple[int, int] = (64, 80)
     batch_size: int = 16
@@ -65,8 +82,25 @@ class SimulationConfig:
         self.image_size = tuple(self.image_size)  # type: ignore[assignment]
         if self.initial < 1 or self.budget < self.initial:
             raise ValueError("need 1 <= initial (b) <= budget (B)")
+        if not self.strategies or not self.seeds:
+            raise ValueError("need at least one strategy and one seed")
+        if len(set(self.strategies)) != len(self.strategies) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("strategies and seeds must not repeat")
         for name in self.strategies:
             make_strategy(name)  # unknown names fail before any training
+        for steps in (self.steps_initial, self.steps_per_cycle, self.full_data_steps):
+            if steps is not None and steps < 1:
+                raise ValueError("steps_* must be >= 1 (or None to train by epochs)")
+        self.synthetic_options = dict(self.synthetic_options)
+        if self.synthetic_options:
+            if self.dataset != "synthetic":
+                raise ValueError("synthetic_options apply to the synthetic dataset only")
+            from model.data.synthetic import SyntheticConfig
+
+            try:  # unknown or invalid knobs fail here, before any training
+                SyntheticConfig(**self.synthetic_options)
+            except TypeError as error:
+                raise ValueError(f"bad synthetic_options: {error}") from error
 
     @property
     def metric(self) -> str:
@@ -80,18 +114,42 @@ class Splits:
     class_names: list[str]
 
 
+class CachedReader:
+    """Memoises a reader's records (the synthetic generator renders a pair on every access)."""
+
+    def __init__(self, reader: PairReader) -> None:
+        self.reader = reader
+        self.cache: dict[int, Any] = {}
+        self.class_names = list(getattr(reader, "class_names", []))
+        self.conditions = getattr(reader, "conditions", None)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Any:
+        if index not in self.cache:
+            self.cache[index] = self.reader[index]
+        return self.cache[index]
+
+    @property
+    def pair_ids(self) -> list[str]:
+        return self.reader.pair_ids
+
+
 def load_splits(config: SimulationConfig) -> Splits:
     """The unlabelled pool and the fixed test split."""
     if config.dataset == "synthetic":
-        from model.data.synthetic import SYNTH_CLASSES, SyntheticRGBT
+        from model.data.synthetic import SYNTH_CLASSES, SyntheticConfig, SyntheticRGBT
 
+        generator = SyntheticConfig(**config.synthetic_options)
         pool = SyntheticRGBT(
-            config.pool_size, config.synthetic_seed, split="train", image_size=config.image_size
+            config.pool_size, config.synthetic_seed, generator, split="train", image_size=config.image_size
         )
         test = SyntheticRGBT(
-            config.test_size, config.synthetic_seed, split="test", image_size=config.image_size
+            config.test_size, config.synthetic_seed, generator, split="test", image_size=config.image_size
         )
-        return Splits(pool, test, list(SYNTH_CLASSES))
+        # Small generated images: keep them in memory rather than re-render every access.
+        return Splits(CachedReader(pool), CachedReader(test), list(SYNTH_CLASSES))
     from model.data.readers import open_dataset
 
     if config.data_root is None:
@@ -102,20 +160,51 @@ def load_splits(config: SimulationConfig) -> Splits:
 
 
 class Simulator:
-    """Runs (or resumes) a simulation into ``out_dir``."""
+    """Runs (or resumes) a simulation into ``out_dir``.
 
-    def __init__(self, config: SimulationConfig, out_dir: str | Path, *, progress: bool = True) -> None:
+    Args:
+        config: the simulation.
+        out_dir: ``results.json`` (and, through :func:`simulate`, the report) go here.
+        progress: a progress bar per strategy and seed, advancing once per cycle.
+        checkpoint_dir: model checkpoints (default ``out_dir/checkpoints``): the initial model of each seed
+            and the last two cycles of each run. Put them elsewhere when ``out_dir`` gets committed.
+        figure_pairs: rows of ``selected_pairs.png`` (0: no figure).
+    """
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        out_dir: str | Path,
+        *,
+        progress: bool = True,
+        checkpoint_dir: str | Path | None = None,
+        figure_pairs: int = 6,
+    ) -> None:
         self.config = config
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "checkpoints").mkdir(exist_ok=True)
+        self.checkpoints = Path(checkpoint_dir) if checkpoint_dir is not None else self.out / "checkpoints"
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.progress = progress
+        self.figure_pairs = figure_pairs
         self.splits = load_splits(config)
         size = config.image_size
         self.pool_train = PairDataset(self.splits.pool, transform=train_transform(size))
         self.pool_eval = PairDataset(self.splits.pool, transform=eval_transform(size))
         self.test = PairDataset(self.splits.test, transform=eval_transform(size))
+        self.pool_ids = list(self.splits.pool.pair_ids)
         self.results = self._load_results()
+        self._session_started = time.perf_counter()
+        self._wall_before = float(self.results.get("wall_seconds", 0.0))
+        # One entry per run()/resume: where and how long (wall times are only comparable on one machine).
+        self._session = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": 0.0,
+            "device": str(select_device(config.device)),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+        }
+        self.results.setdefault("sessions", []).append(self._session)
 
     # ------------------------------------------------------------------ persistence
     def _load_results(self) -> dict[str, Any]:
@@ -123,28 +212,37 @@ class Simulator:
         fresh = {
             "config": asdict(self.config),
             "metric": self.config.metric,
-            "pool_ids": self.splits.pool.pair_ids,
+            "pool_ids": self.pool_ids,
             "pool_conditions": [self._condition(i) for i in range(len(self.splits.pool))],
+            "test_conditions": _conditions(self.splits.test),
             "initial": {},
             "full_data": {},
             "runs": {},
+            "wall_seconds": 0.0,
         }
         if not path.exists():
             return fresh
         saved = json.loads(path.read_text())
-        saved_config = {**saved["config"], "image_size": list(saved["config"]["image_size"])}
+        defaults = asdict(SimulationConfig())
+        saved_config = {**defaults, **saved["config"]}
+        saved_config["image_size"] = list(saved_config["image_size"])
         current = {**fresh["config"], "image_size": list(fresh["config"]["image_size"])}
         # Strategies and seeds may grow between runs; everything else must match to resume.
-        keys = set(current) - {"strategies", "seeds"}
+        keys = set(current) - {"strategies", "seeds", "device"}
         changed = {k for k in keys if saved_config.get(k) != current[k]}
         if changed:
             raise ValueError(
                 f"{path} was made with other settings ({sorted(changed)}); use another output folder"
             )
         saved["config"] = fresh["config"]
+        for key, value in fresh.items():
+            saved.setdefault(key, value)
         return saved
 
     def _save(self) -> None:
+        elapsed = time.perf_counter() - self._session_started
+        self.results["wall_seconds"] = round(self._wall_before + elapsed, 1)
+        self._session["seconds"] = round(elapsed, 1)
         data = json.dumps(self.results, indent=1, default=_json_default).encode()
         atomic_write_bytes(self.out / RESULTS_FILE, lambda handle: handle.write(data))
 
@@ -155,6 +253,22 @@ class Simulator:
             return conditions[index] or "unknown"
         return reader[index].condition or "unknown"
 
+    def _initial_path(self, seed: int) -> Path:
+        return self.checkpoints / f"initial-seed{seed}.pt"
+
+    def _cycle_path(self, name: str, seed: int, cycle: int) -> Path:
+        if cycle == 0:
+            return self._initial_path(seed)
+        return self.checkpoints / f"{name}-seed{seed}" / f"cycle{cycle}.pt"
+
+    def _prune(self, name: str, seed: int, keep_from: int) -> None:
+        """Delete the run's checkpoints of cycles before ``keep_from`` (cycle 0, the initial, stays)."""
+        folder = self.checkpoints / f"{name}-seed{seed}"
+        for path in folder.glob("cycle*.pt"):
+            match = re.fullmatch(r"cycle(\d+)\.pt", path.name)
+            if match and int(match.group(1)) < keep_from:
+                path.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ training helpers
     def _net_config(self) -> NetConfig:
         return NetConfig(
@@ -164,9 +278,12 @@ class Simulator:
             image_size=self.config.image_size,
         )
 
-    def _train(self, model: ThreeBranchNet, indices: list[int], epochs: int, seed: int) -> float:
+    def _train(
+        self, model: ThreeBranchNet, indices: list[int], epochs: int, steps: int | None, seed: int
+    ) -> float:
         config = TrainConfig(
             epochs=epochs,
+            steps=steps,
             batch_size=self.config.batch_size,
             lr=self.config.lr,
             device=self.config.device,
@@ -184,28 +301,33 @@ class Simulator:
     def run(self) -> dict[str, Any]:
         c = self.config
         for seed in c.seeds:
-            initial_path = self._initial_model(seed)
-            if c.full_data:
-                self._full_data(seed)
             for name in c.strategies:
-                self._run_strategy(name, seed, initial_path)
+                self._run_strategy(name, seed)
+            if c.full_data and (c.full_data_seeds is None or seed in c.full_data_seeds):
+                self._full_data(seed)
+        self._selected_pairs_figure()
         self._save()
         return self.results
 
     def _initial_model(self, seed: int) -> Path:
-        path = self.out / "checkpoints" / f"initial-seed{seed}.pt"
+        path = self._initial_path(seed)
         key = str(seed)
         if key in self.results["initial"] and path.exists():
             return path
+        if key in self.results["initial"]:
+            log.warning("initial model of seed %d is missing from %s: training it again", seed, path)
         rng = np.random.default_rng(seed)
         labelled = sorted(rng.choice(len(self.splits.pool), size=self.config.initial, replace=False).tolist())
         model = ThreeBranchNet(self._net_config())
-        seconds = self._train(model, labelled, self.config.epochs_initial, seed)
+        started = time.perf_counter()
+        seconds = self._train(model, labelled, self.config.epochs_initial, self.config.steps_initial, seed)
         save_checkpoint(path, model)
         self.results["initial"][key] = {
             "labelled": labelled,
+            "labelled_ids": [self.pool_ids[i] for i in labelled],
             "metrics": self._evaluate(model),
             "train_seconds": round(seconds, 2),
+            "wall_seconds": round(time.perf_counter() - started, 2),
         }
         self._save()
         return path
@@ -215,78 +337,146 @@ class Simulator:
         if key in self.results["full_data"]:
             return
         model = ThreeBranchNet(self._net_config())
-        seconds = self._train(model, list(range(len(self.splits.pool))), self.config.full_data_epochs, seed)
+        everything = list(range(len(self.splits.pool)))
+        started = time.perf_counter()
+        c = self.config
+        seconds = self._train(model, everything, c.full_data_epochs, c.full_data_steps, seed)
         self.results["full_data"][key] = {
             "metrics": self._evaluate(model),
             "train_seconds": round(seconds, 2),
+            "wall_seconds": round(time.perf_counter() - started, 2),
         }
         self._save()
 
-    def _run_strategy(self, name: str, seed: int, initial_path: Path) -> None:
+    def _first_cycle(self, seed: int) -> dict[str, Any]:
+        initial = self.results["initial"][str(seed)]
+        return {
+            "cycle": 0,
+            "labelled_count": len(initial["labelled"]),
+            "labelled": initial["labelled"],
+            "selected": [],
+            "selected_ids": [],
+            "metrics": initial["metrics"],
+            "select_seconds": 0.0,
+            "train_seconds": initial["train_seconds"],
+            "wall_seconds": initial.get("wall_seconds", initial["train_seconds"]),
+        }
+
+    def _run_strategy(self, name: str, seed: int) -> None:
         c = self.config
         key = f"{name}/seed{seed}"
         run = self.results["runs"].setdefault(
             key, {"strategy": name, "seed": seed, "cycles": [], "done": False}
         )
-        if run["done"]:
+        cycles: list[dict[str, Any]] = run["cycles"]
+        if cycles and cycles[-1]["labelled_count"] >= c.budget:
+            if not run["done"]:
+                run["done"] = True
+                self._save()
             return
-        state_path = self.out / "checkpoints" / f"{name}-seed{seed}.pt"
-        initial = self.results["initial"][str(seed)]
-        if run["cycles"] and state_path.exists():
-            model, _ = load_model(state_path)
-            labelled = list(run["cycles"][-1]["labelled"])
-        else:
-            run["cycles"] = [
-                {
-                    "cycle": 0,
-                    "labelled_count": len(initial["labelled"]),
-                    "labelled": initial["labelled"],
-                    "selected": [],
-                    "metrics": initial["metrics"],
-                    "select_seconds": 0.0,
-                    "train_seconds": initial["train_seconds"],
-                }
-            ]
-            model, _ = load_model(initial_path)
-            labelled = list(initial["labelled"])
+        run["done"] = False
+        self._initial_model(seed)
+        # Resume from the latest recorded cycle whose model is on disk (cycle 0: the initial model).
+        while len(cycles) > 1 and not self._cycle_path(name, seed, cycles[-1]["cycle"]).exists():
+            log.warning("%s: no checkpoint of cycle %d, redoing it", key, cycles[-1]["cycle"])
+            cycles.pop()
+        if not cycles:
+            cycles.append(self._first_cycle(seed))
+        model, _ = load_model(self._cycle_path(name, seed, cycles[-1]["cycle"]))
+        labelled = list(cycles[-1]["labelled"])
         strategy = make_strategy(name)
         total_cycles = -(-(c.budget - c.initial) // c.initial)
-        bar = tqdm(total=total_cycles, initial=len(run["cycles"]) - 1, desc=key, disable=not self.progress)
+        bar = tqdm(total=total_cycles, initial=len(cycles) - 1, desc=key, disable=not self.progress)
         while len(labelled) < c.budget:
-            cycle = len(run["cycles"])
+            cycle = len(cycles)
+            started = time.perf_counter()
             rng = np.random.default_rng([seed, cycle, zlib.crc32(name.encode())])
             taken = set(labelled)
             pool = np.array([i for i in range(len(self.splits.pool)) if i not in taken])
             count = min(c.initial, c.budget - len(labelled))
-            started = time.perf_counter()
             signals = None
             if strategy.needs_model:
-                from model.acquisition import compute_signals
-
                 signals = compute_signals(model, Subset(self.pool_eval, pool.tolist()), device=c.device)
-            picks = strategy.select(signals, count, rng, len(pool))
+            picks = np.asarray(strategy.select(signals, count, rng, len(pool)))
             selected = sorted(pool[picks].tolist())
+            if len(set(selected)) != len(selected) or taken & set(selected):
+                raise RuntimeError(f"strategy {name!r} selected labelled or repeated pairs")
             select_seconds = time.perf_counter() - started
             labelled = sorted(labelled + selected)
-            train_seconds = self._train(model, labelled, c.epochs_per_cycle, seed * 1000 + cycle)
-            run["cycles"].append(
-                {
-                    "cycle": cycle,
-                    "labelled_count": len(labelled),
-                    "labelled": labelled,
-                    "selected": selected,
-                    "metrics": self._evaluate(model),
-                    "select_seconds": round(select_seconds, 3),
-                    "train_seconds": round(train_seconds, 2),
-                }
+            train_seconds = self._train(
+                model, labelled, c.epochs_per_cycle, c.steps_per_cycle, seed * 1000 + cycle
             )
-            save_checkpoint(state_path, model)
+            save_checkpoint(self._cycle_path(name, seed, cycle), model)
+            evaluated = time.perf_counter()
+            metrics = self._evaluate(model)
+            record = {
+                "cycle": cycle,
+                "labelled_count": len(labelled),
+                "labelled": labelled,
+                "selected": selected,
+                "selected_ids": [self.pool_ids[i] for i in selected],
+                "metrics": metrics,
+                "select_seconds": round(select_seconds, 3),
+                "train_seconds": round(train_seconds, 2),
+                "eval_seconds": round(time.perf_counter() - evaluated, 2),
+                "wall_seconds": round(time.perf_counter() - started, 2),
+            }
+            if signals is not None:  # how the score separates the picks from the rest (calibration)
+                record["pool_inconsistency_mean"] = float(signals.inconsistency.mean())
+                record["selected_inconsistency_mean"] = float(signals.inconsistency[picks].mean())
+            cycles.append(record)
             self._save()
+            self._prune(name, seed, keep_from=cycle - 1)
             bar.update(1)
         bar.close()
         run["done"] = True
         self._save()
-        state_path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ figures
+    def _selected_pairs_figure(self) -> None:
+        """``selected_pairs.png``: the pairs the first seed's initial model ranks most inconsistent (the first
+        batch the inconsistency strategy labels), with both branches' predictions and the I map."""
+        if self.figure_pairs <= 0 or not self.config.seeds:
+            return
+        seed = self.config.seeds[0]
+        path = self._initial_path(seed)
+        if str(seed) not in self.results["initial"] or not path.exists():
+            return
+        from model.figures import plot_selected_pairs
+
+        model, _ = load_model(path)
+        taken = set(self.results["initial"][str(seed)]["labelled"])
+        pool = [i for i in range(len(self.splits.pool)) if i not in taken]
+        signals = compute_signals(model, Subset(self.pool_eval, pool), device=self.config.device)
+        order = np.argsort(-signals.inconsistency, kind="stable")[: self.figure_pairs]
+        positions = [pool[i] for i in order]
+        scores = [float(signals.inconsistency[i]) for i in order]
+        plot_selected_pairs(
+            model,
+            self.pool_eval,
+            positions,
+            self.out / "selected_pairs.png",
+            scores=scores,
+            device=self.config.device,
+            title=(
+                f"{self.config.task}: the {len(positions)} most inconsistent pool pairs under the initial "
+                f"model (seed {seed}, {self.config.initial} labelled pairs)"
+            ),
+        )
+        self.results["selected_pairs_figure"] = {
+            "seed": seed,
+            "pair_ids": [self.pool_ids[i] for i in positions],
+            "conditions": [self._condition(i) for i in positions],
+            "inconsistency": scores,
+            "pool_inconsistency_mean": float(signals.inconsistency.mean()),
+        }
+
+
+def _conditions(reader: PairReader) -> list[str]:
+    conditions = getattr(reader, "conditions", None)
+    if conditions is None:
+        conditions = [reader[i].condition for i in range(len(reader))]
+    return [c or "unknown" for c in conditions]
 
 
 def _to_plain(value: Any) -> Any:
@@ -309,10 +499,20 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def simulate(config: SimulationConfig, out_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+def simulate(
+    config: SimulationConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+    figure_pairs: int = 6,
+) -> dict[str, Any]:
     """Run (or resume) a simulation, then write the plots and the summary next to results.json."""
     from model.report import write_report
 
-    results = Simulator(config, out_dir, progress=progress).run()
+    simulator = Simulator(
+        config, out_dir, progress=progress, checkpoint_dir=checkpoint_dir, figure_pairs=figure_pairs
+    )
+    results = simulator.run()
     write_report(results, out_dir)
     return results

@@ -2,9 +2,13 @@
 
 - ``learning_curves.png``: metric vs labelled pairs per strategy, mean and spread over seeds, the full-data
   metric as a dotted line (like the paper's Fig. 4);
-- ``summary.md``: area under the learning curve, final metric, labels needed to reach 95% of the full-data
-  metric, a paired sign-flip test over seeds of inconsistency vs random, and which conditions each strategy
-  selected compared with the pool.
+- ``summary.md``: area under the learning curve (mean and per seed), final metric (overall and per test
+  condition), labels needed to reach 95% of the full-data metric, a paired sign-flip test over seeds of
+  inconsistency vs random, whether the target (inconsistency reaches 95% with at most half of random's labels
+  and beats it on AUC in every seed) is met, which conditions each strategy selected compared with the pool,
+  and wall times.
+
+(``selected_pairs.png`` needs a model and is drawn by the simulator, see :mod:`model.figures`.)
 """
 
 from __future__ import annotations
@@ -97,6 +101,65 @@ def full_data_metric(results: dict[str, Any]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def final_by_condition(results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Mean over seeds of the last cycle's metric per test condition, per strategy (plus the initial and the
+    full-data models)."""
+    metric = results["metric"]
+    collected: dict[str, dict[str, list[float]]] = {}
+
+    def add(name: str, metrics: dict[str, Any]) -> None:
+        for condition, values in (metrics.get("by_condition") or {}).items():
+            value = values.get(metric)
+            if value is not None:
+                collected.setdefault(name, {}).setdefault(condition, []).append(float(value))
+
+    for run in results["runs"].values():
+        if run.get("done") and run["cycles"]:
+            add(run["strategy"], run["cycles"][-1]["metrics"])
+    for entry in results.get("initial", {}).values():
+        add("(initial)", entry["metrics"])
+    for entry in results.get("full_data", {}).values():
+        add("(full data)", entry["metrics"])
+    return {name: {k: float(np.mean(v)) for k, v in by.items()} for name, by in collected.items()}
+
+
+def timing(results: dict[str, Any]) -> dict[str, Any]:
+    """Wall time of the whole simulation (all sessions) and seconds spent per part."""
+    per_strategy: dict[str, float] = {}
+    for run in results["runs"].values():
+        seconds = sum(c.get("wall_seconds", c.get("train_seconds", 0.0)) for c in run["cycles"][1:])
+        per_strategy[run["strategy"]] = per_strategy.get(run["strategy"], 0.0) + seconds
+    def seconds(part: str) -> float:
+        return sum(e.get("wall_seconds", e.get("train_seconds", 0.0)) for e in results.get(part, {}).values())
+
+    return {
+        "wall_seconds": results.get("wall_seconds"),
+        "initial_seconds": seconds("initial"),
+        "full_data_seconds": seconds("full_data"),
+        "strategy_seconds": per_strategy,
+    }
+
+
+def target_verdict(
+    table: dict[str, Any], comparison: dict[str, Any] | None, budget: int
+) -> dict[str, Any] | None:
+    """Is inconsistency at 95% of full data with at most half of random's labels, and better on AUC in
+    every seed? ``labels`` is True/False, or None when undetermined (random never reached the target within
+    the budget and inconsistency needed more than half of it)."""
+    if "inconsistency" not in table or "random" not in table or comparison is None:
+        return None
+    mine, theirs = table["inconsistency"]["labels_to_95"], table["random"]["labels_to_95"]
+    labels: bool | None
+    if mine is None:
+        labels = False
+    elif theirs is not None:
+        labels = mine <= theirs / 2
+    else:  # random needs more than the budget: half of it is a lower bound
+        labels = True if mine <= budget / 2 else None
+    every_seed = bool(comparison["seeds"]) and comparison["wins"] == len(comparison["seeds"])
+    return {"labels_half": labels, "auc_every_seed": every_seed, "met": bool(labels) and every_seed}
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     data = curves(results)
     full = full_data_metric(results)
@@ -104,12 +167,17 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     for name, curve in data.items():
         aucs = normalised_auc(curve["x"], curve["y"])
         mean = curve["y"].mean(axis=0)
+        target = TARGET_FRACTION * full if full else None
         table[name] = {
             "auc_mean": float(aucs.mean()),
             "auc_std": float(aucs.std()),
             "auc_per_seed": dict(zip(curve["seeds"], aucs.tolist(), strict=True)),
             "final_mean": float(mean[-1]),
-            "labels_to_95": labels_to_reach(curve["x"], mean, TARGET_FRACTION * full) if full else None,
+            "labels_to_95": labels_to_reach(curve["x"], mean, target) if target else None,
+            "labels_to_95_per_seed": {
+                seed: (labels_to_reach(curve["x"], row, target) if target else None)
+                for seed, row in zip(curve["seeds"], curve["y"], strict=True)
+            },
             "seeds": len(curve["seeds"]),
         }
     comparison = None
@@ -129,7 +197,10 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         "full_data": full,
         "strategies": table,
         "inconsistency_vs_random": comparison,
+        "target": target_verdict(table, comparison, int(results["config"]["budget"])),
         "condition_shares": condition_shares(results),
+        "final_by_condition": final_by_condition(results),
+        "timing": timing(results),
     }
 
 
@@ -158,27 +229,62 @@ def plot_learning_curves(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def markdown_summary(results: dict[str, Any], summary: dict[str, Any]) -> str:
+def _reach(value: int | None, budget: int) -> str:
+    return str(value) if value is not None else f"> {budget}"
+
+
+def markdown_summary(results: dict[str, Any], summary: dict[str, Any], *, heading: str = "#") -> str:
+    """The summary as Markdown; ``heading`` is the level of its title (sub-headings get one more #)."""
     metric = results["metric"]
     config = results["config"]
+    budget = int(config["budget"])
     full = summary["full_data"]
+    training = (
+        f"{config['steps_initial']} steps initially, {config['steps_per_cycle']} per cycle, "
+        f"{config['full_data_steps']} for the full-data model"
+        if config.get("steps_per_cycle")
+        else f"{config['epochs_initial']} epochs initially, {config['epochs_per_cycle']} per cycle, "
+        f"{config['full_data_epochs']} for the full-data model"
+    )
     lines = [
-        f"# Active learning: {config['task']} on {config['dataset']}",
+        f"{heading} Active learning: {config['task']} on {config['dataset']}",
         "",
-        f"Pool {len(results['pool_ids'])} pairs, b={config['initial']}, B={config['budget']}, "
-        f"seeds {config['seeds']}, width {config['width']}, "
-        f"{config['image_size'][0]}x{config['image_size'][1]} pixels.",
-        f"Full-data {metric}: {full:.4f}" if full is not None else "Full-data reference: not computed.",
+        f"Pool {len(results['pool_ids'])} pairs, test {len(results.get('test_conditions', []))} pairs, "
+        f"b={config['initial']}, B={budget}, seeds {config['seeds']}, width {config['width']}, "
+        f"{config['image_size'][0]}x{config['image_size'][1]} pixels, batch {config['batch_size']}, "
+        f"{training}.",
+        f"Full-data {metric} (fused branch, seeds {sorted(int(k) for k in results['full_data'])}, "
+        f"{len(results['pool_ids'])} pairs): {full:.4f}; 95% of it: {TARGET_FRACTION * full:.4f}."
+        if full is not None
+        else "Full-data reference: not computed.",
         "",
         f"| strategy | AUC ({metric}, mean ± sd) | final {metric} | labels to 95% of full data | seeds |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, row in sorted(summary["strategies"].items(), key=lambda kv: -kv[1]["auc_mean"]):
-        reach = row["labels_to_95"] if row["labels_to_95"] is not None else f"not within {config['budget']}"
+    ranked = sorted(summary["strategies"].items(), key=lambda kv: -kv[1]["auc_mean"])
+    for name, row in ranked:
         lines.append(
-            f"| {name} | {row['auc_mean']:.4f} ± {row['auc_std']:.4f} | {row['final_mean']:.4f} | {reach} | "
-            f"{row['seeds']} |"
+            f"| {name} | {row['auc_mean']:.4f} ± {row['auc_std']:.4f} | {row['final_mean']:.4f} | "
+            f"{_reach(row['labels_to_95'], budget)} | {row['seeds']} |"
         )
+    seeds = sorted({seed for _, row in ranked for seed in row["auc_per_seed"]})
+    if seeds:
+        lines += [
+            "",
+            "Per seed: AUC (labels to 95% of full data):",
+            "",
+            "| strategy | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+            "| --- |" + " --- |" * len(seeds),
+        ]
+        for name, row in ranked:
+            cells = []
+            for seed in seeds:
+                if seed in row["auc_per_seed"]:
+                    reach = _reach(row["labels_to_95_per_seed"].get(seed), budget)
+                    cells.append(f"{row['auc_per_seed'][seed]:.4f} ({reach})")
+                else:
+                    cells.append("-")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     comparison = summary["inconsistency_vs_random"]
     if comparison:
         lines += [
@@ -188,6 +294,32 @@ def markdown_summary(results: dict[str, Any], summary: dict[str, Any]) -> str:
             f"{comparison['wins']}/{len(comparison['seeds'])} seeds; exact sign-flip test p = "
             f"{comparison['p_one_sided']:.3f} (one-sided), {comparison['p_two_sided']:.3f} (two-sided).",
         ]
+    verdict = summary.get("target")
+    if verdict:
+        labels = {True: "yes", False: "no", None: "undetermined (random did not reach it within B)"}
+        lines += [
+            "",
+            f"Target (inconsistency reaches 95% of full data with at most half of random's labels, and beats "
+            f"random on AUC in every seed): **{'met' if verdict['met'] else 'not met'}** "
+            f"(half the labels: {labels[verdict['labels_half']]}; AUC in every seed: "
+            f"{'yes' if verdict['auc_every_seed'] else 'no'}).",
+        ]
+    by_condition = summary.get("final_by_condition") or {}
+    if by_condition:
+        conditions = sorted({c for values in by_condition.values() for c in values})
+        order = ["(initial)", *sorted(k for k in by_condition if not k.startswith("(")), "(full data)"]
+        lines += [
+            "",
+            f"Final {metric} per test condition (mean over seeds; initial model and full-data model for "
+            "reference):",
+            "",
+            "| model | " + " | ".join(conditions) + " |",
+            "| --- |" + " --- |" * len(conditions),
+        ]
+        for name in order:
+            if name in by_condition:
+                cells = [f"{by_condition[name].get(c, float('nan')):.3f}" for c in conditions]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
     shares = summary["condition_shares"]
     conditions = sorted(shares["(pool)"])
     lines += ["", "Share of each condition among selected pairs:", ""]
@@ -197,6 +329,23 @@ def markdown_summary(results: dict[str, Any], summary: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | " + " | ".join(f"{100 * shares[name].get(c, 0):.0f}%" for c in conditions) + " |"
         )
+    times = summary.get("timing")
+    if times and times.get("wall_seconds") is not None:
+        parts = ", ".join(f"{k} {v / 60:.1f}" for k, v in sorted(times["strategy_seconds"].items()))
+        sessions = results.get("sessions") or []
+        where = ""
+        if sessions:
+            last = sessions[-1]
+            where = (
+                f" on {last.get('device')} with {last.get('torch_threads')} torch thread(s), "
+                f"{last.get('cpu_count')} CPUs, {len(sessions)} session(s)"
+            )
+        lines += [
+            "",
+            f"Wall time{where}: {times['wall_seconds'] / 60:.1f} min in all (initial models "
+            f"{times['initial_seconds'] / 60:.1f}, full-data models {times['full_data_seconds'] / 60:.1f}, "
+            f"cycles per strategy: {parts}).",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from model import metrics as metric_fns
@@ -34,9 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``lr`` decays by a cosine schedule to ``lr * final_lr_fraction``."""
+    """Optimisation settings. ``lr`` decays by a cosine schedule to ``lr * final_lr_fraction``.
+
+    ``steps``: when set, train for exactly that many optimizer steps instead of ``epochs`` passes, drawing
+    each batch with replacement from the training set (one "epoch" of ``steps`` batches). Tiny labelled sets
+    (the first active-learning cycles) get too few updates from a few epochs; a step budget does not.
+    """
 
     epochs: int = 10
+    steps: int | None = None
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -51,6 +57,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (or None for epochs), got {self.steps}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
@@ -118,25 +126,43 @@ def fit(
         history = [EpochLog(**h) for h in payload["extra"].get("history", [])]
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(train_set) > config.batch_size,  # type: ignore[arg-type]
-        num_workers=config.num_workers,
-        collate_fn=collate_pairs,
-        pin_memory=device.type == "cuda",
-        generator=generator,
-    )
+    if config.steps is not None:  # a step budget: batches drawn with replacement, one "epoch"
+        epochs = 1
+        sampler = RandomSampler(
+            train_set,  # type: ignore[arg-type]
+            replacement=True,
+            num_samples=config.steps * config.batch_size,
+            generator=generator,
+        )
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.num_workers,
+            collate_fn=collate_pairs,
+            pin_memory=device.type == "cuda",
+        )
+    else:
+        epochs = config.epochs
+        loader = DataLoader(
+            train_set,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(train_set) > config.batch_size,  # type: ignore[arg-type]
+            num_workers=config.num_workers,
+            collate_fn=collate_pairs,
+            pin_memory=device.type == "cuda",
+            generator=generator,
+        )
     # fp16 needs loss scaling; bf16 (and fp32) do not.
     scaler = torch.amp.GradScaler(enabled=config.amp and amp_dtype(device) == torch.float16)
-    steps_total = max(1, config.epochs * len(loader))
-    for epoch in range(start_epoch, config.epochs):
+    steps_total = max(1, epochs * len(loader))
+    for epoch in range(start_epoch, epochs):
         model.train()
         started = time.perf_counter()
         sums: dict[str, float] = {}
         seen = 0
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
         for step, (rgb, thermal, targets) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, (epoch * len(loader) + step) / steps_total)

@@ -1,0 +1,169 @@
+"""The active-learning simulator: a tiny simulation end to end, its outputs, resume and validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.active import RESULTS_FILE, SimulationConfig, Simulator, simulate
+from model.config import NetConfig
+from model.data.dataset import PairDataset
+from model.data.synthetic import SYNTH_CLASSES, SyntheticRGBT
+from model.data.transforms import eval_transform
+from model.network import ThreeBranchNet
+from model.train import TrainConfig, fit
+
+STRATEGIES = ["random", "inconsistency"]
+
+
+def tiny_config(**changes) -> SimulationConfig:
+    values = dict(
+        task="detection",
+        pool_size=24,
+        test_size=12,
+        initial=4,
+        budget=12,
+        seeds=[0, 1],
+        strategies=STRATEGIES,
+        steps_initial=2,
+        steps_per_cycle=1,
+        full_data_steps=1,
+        width=0.0625,
+        image_size=(32, 40),
+        batch_size=4,
+        device="cpu",
+        synthetic_options={"min_height": 0.3, "max_height": 0.6},
+    )
+    values.update(changes)
+    return SimulationConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions: one thread is fastest, and robust on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """One complete tiny simulation shared by the tests: (out dir, checkpoint dir, results)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("sim")
+    out, checkpoints = root / "out", root / "checkpoints"
+    results = simulate(tiny_config(), out, progress=False, checkpoint_dir=checkpoints, figure_pairs=2)
+    torch.set_num_threads(threads)
+    return out, checkpoints, results
+
+
+def test_simulation_writes_results_plots_and_summary(finished):
+    out, _, _ = finished
+    for name in ("results.json", "learning_curves.png", "selected_pairs.png", "summary.md", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / "checkpoints").exists()  # checkpoints went to their own folder
+    saved = json.loads((out / RESULTS_FILE).read_text())
+    assert saved["metric"] == "AP50"
+    assert len(saved["pool_ids"]) == len(saved["pool_conditions"]) == 24
+    assert set(saved["full_data"]) == set(saved["initial"]) == {"0", "1"}
+    assert set(saved["runs"]) == {f"{s}/seed{seed}" for s in STRATEGIES for seed in (0, 1)}
+    assert saved["wall_seconds"] > 0
+    for run in saved["runs"].values():
+        assert run["done"]
+        assert [c["labelled_count"] for c in run["cycles"]] == [4, 8, 12]
+        for cycle in run["cycles"][1:]:
+            assert "AP50" in cycle["metrics"] and "by_condition" in cycle["metrics"]
+            assert cycle["selected_ids"] == [saved["pool_ids"][i] for i in cycle["selected"]]
+            assert cycle["wall_seconds"] >= cycle["train_seconds"] >= 0
+    # Every strategy of a seed starts from the same initial model.
+    for seed in (0, 1):
+        starts = [saved["runs"][f"{s}/seed{seed}"]["cycles"][0] for s in STRATEGIES]
+        assert starts[0]["labelled"] == starts[1]["labelled"] == saved["initial"][str(seed)]["labelled"]
+        assert starts[0]["metrics"] == starts[1]["metrics"]
+    figure = saved["selected_pairs_figure"]
+    assert len(figure["pair_ids"]) == 2 and figure["inconsistency"] == sorted(figure["inconsistency"])[::-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]) == set(STRATEGIES)
+    assert summary["inconsistency_vs_random"]["seeds"] == [0, 1]
+    assert set(summary["target"]) == {"labels_half", "auc_every_seed", "met"}
+    text = (out / "summary.md").read_text()
+    for expected in ("| inconsistency |", "| random |", "sign-flip", "Per seed", "Target", "Wall time"):
+        assert expected in text
+
+
+def test_selected_pairs_never_repeat_nor_include_the_initial_set(finished):
+    _, _, results = finished
+    for run in results["runs"].values():
+        initial = set(run["cycles"][0]["labelled"])
+        selected = [i for cycle in run["cycles"] for i in cycle["selected"]]
+        assert len(selected) == len(set(selected)) == 8
+        assert not initial & set(selected)
+        assert sorted(initial | set(selected)) == run["cycles"][-1]["labelled"]
+
+
+def test_resume_redoes_only_the_lost_cycle(finished, tmp_path, monkeypatch):
+    source_out, source_checkpoints, _ = finished
+    out, checkpoints = tmp_path / "out", tmp_path / "checkpoints"
+    shutil.copytree(source_out, out)
+    shutil.copytree(source_checkpoints, checkpoints)
+    path = out / RESULTS_FILE
+    saved = json.loads(path.read_text())
+    lost = saved["runs"]["inconsistency/seed1"]
+    kept_cycles = lost["cycles"][:-1]
+    removed = lost["cycles"][-1]
+    lost["cycles"] = kept_cycles
+    lost["done"] = False  # as if the process died before recording the last cycle
+    path.write_text(json.dumps(saved))
+
+    calls = []
+    original = Simulator._train
+
+    def counting(self, model, indices, epochs, steps, seed):
+        calls.append(len(indices))
+        return original(self, model, indices, epochs, steps, seed)
+
+    monkeypatch.setattr(Simulator, "_train", counting)
+    results = Simulator(tiny_config(), out, progress=False, checkpoint_dir=checkpoints, figure_pairs=0).run()
+    assert calls == [12]  # one fine-tuning on the 12 labelled pairs of the last cycle; nothing else
+    redone = results["runs"]["inconsistency/seed1"]["cycles"]
+    assert redone[:-1] == kept_cycles  # finished cycles untouched (their timings too)
+    assert redone[-1]["cycle"] == removed["cycle"] and redone[-1]["selected"] == removed["selected"]
+    assert results["runs"]["inconsistency/seed1"]["done"]
+    for key, run in results["runs"].items():
+        if key != "inconsistency/seed1":
+            assert run == saved["runs"][key]
+
+
+def test_resume_refuses_other_settings(finished, tmp_path):
+    source_out, _, _ = finished
+    shutil.copytree(source_out, tmp_path / "out")
+    with pytest.raises(ValueError, match="other settings"):
+        Simulator(tiny_config(budget=16), tmp_path / "out", progress=False, checkpoint_dir=tmp_path / "c")
+
+
+def test_unknown_strategy_fails_fast():
+    with pytest.raises(ValueError, match="unknown strategy"):
+        tiny_config(strategies=["random", "most-confusing"])
+    with pytest.raises(ValueError):
+        tiny_config(synthetic_options={"no_such_knob": 1})
+    with pytest.raises(ValueError):
+        tiny_config(initial=8, budget=4)
+    with pytest.raises(ValueError):
+        tiny_config(steps_per_cycle=0)
+
+
+def test_steps_override_epochs():
+    size = (32, 40)
+    data = PairDataset(SyntheticRGBT(3, seed=0, image_size=size), eval_transform(size))
+    model = ThreeBranchNet(NetConfig(class_names=SYNTH_CLASSES, width=0.0625, image_size=size))
+    batches = []
+    model.register_forward_hook(lambda module, inputs, output: batches.append(inputs[0].shape[0]))
+    history = fit(model, data, TrainConfig(epochs=5, steps=4, batch_size=2, device="cpu"), progress=False)
+    assert len(history) == 1
+    assert batches == [2, 2, 2, 2]  # 4 steps of full batches, drawn with replacement from 3 pairs
