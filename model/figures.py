@@ -104,7 +104,9 @@ def plot_selected_pairs(
         thermal_masks = decode_segmentation(output.thermal).cpu().numpy()
     columns = ["RGB + ground truth", "thermal + ground truth", "visible branch", "thermal branch", "I map"]
     rows = len(indices)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 1.9 * rows + 0.4), dpi=130)
+    height = 1.9 * rows + 0.5
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), height), dpi=100)
+    fig.subplots_adjust(top=1 - 0.5 / height, bottom=0.02, left=0.06, right=0.9, wspace=0.08, hspace=0.15)
     axes = np.atleast_2d(axes)
     vmax = max(float(heat.max()), 1e-6)
     image = None
@@ -140,6 +142,6 @@ def plot_selected_pairs(
     if image is not None:
         fig.colorbar(image, ax=axes[:, 4].tolist(), fraction=0.05, pad=0.02).ax.tick_params(labelsize=6)
     if title:
-        fig.suptitle(title, fontsize=8)
+        fig.suptitle(title, fontsize=8, y=1 - 0.1 / height)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
