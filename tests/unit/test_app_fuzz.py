@@ -12,8 +12,6 @@ merged into ``benchmarks/results/reliability.json`` under ``"fuzz"``.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -21,7 +19,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
+from tests.reliability import merge_results
 from tests.unit.app_support import (
     DETECTION_CONFIG,
-    REPO,
     SEGMENTATION_CONFIG,
     AppUnderTest,
     make_app,
@@ -44,8 +41,6 @@ from tests.unit.app_support import (
     torch_threads,
     write_pair,
 )
-
-RESULTS = REPO / "benchmarks" / "results" / "reliability.json"
 
 #: Requests sent, by route; answers by status; every 5xx and every 4xx without a JSON message.
 SENT: Counter[str] = Counter()
@@ -123,28 +118,8 @@ def report() -> Iterator[None]:
         "seconds": round(time.perf_counter() - started, 1),
         "settings": {"fast_tests_max_examples": FAST, "slow_tests_max_examples": SLOW},
         "hypothesis": hypothesis.__version__,
-        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     merge_results("fuzz", figures)
-
-
-def merge_results(key: str, value: Any, path: Path = RESULTS) -> None:
-    """Read-modify-write one key of the shared results file, under a lock, replaced atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            data = json.loads(path.read_text()) if path.exists() else {}
-        except ValueError:
-            data = {}
-        if not isinstance(data, dict):
-            data = {}
-        data[key] = value
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(temp, path)
 
 
 def check(route: str, body: Any, response: TestResponse) -> None:
