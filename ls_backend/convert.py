@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -372,6 +372,28 @@ def _polygon_mask(value: Mapping[str, Any], frame: tuple[int, int]) -> np.ndarra
     return canvas.astype(bool)
 
 
+def _labelled_regions(
+    results: Sequence[dict[str, Any]],
+    accepted: frozenset[str],
+    class_ids: Mapping[str, int],
+    image_size: tuple[int, int],
+    unknown: set[str],
+) -> Iterator[tuple[dict[str, Any], str, dict[str, Any], int, tuple[int, int]]]:
+    """The regions of accepted result types whose label the model knows, as (result, type, value, class id,
+    frame size); labels the model does not know are added to ``unknown``."""
+    for result in results:
+        kind = str(result.get("type", "")).lower()
+        value = result.get("value")
+        if kind not in accepted or not isinstance(value, dict):
+            continue
+        class_id, missing = _region_label(value, kind, class_ids)
+        if class_id is None:
+            if missing is not None:
+                unknown.add(missing)
+            continue
+        yield result, kind, value, class_id, _frame(result, image_size)
+
+
 def annotation_to_target(
     annotation: Mapping[str, Any] | None,
     schema: ProjectSchema,
@@ -406,17 +428,9 @@ def annotation_to_target(
     if schema.task == "detection":
         boxes: list[np.ndarray] = []
         labels: list[int] = []
-        for result in results:
-            kind = str(result.get("type", "")).lower()
-            value = result.get("value")
-            if kind not in accepted or not isinstance(value, dict):
-                continue
-            class_id, missing = _region_label(value, kind, class_ids)
-            if class_id is None:
-                if missing is not None:
-                    unknown.add(missing)
-                continue
-            frame = _frame(result, image_size)
+        for result, kind, value, class_id, frame in _labelled_regions(
+            results, accepted, class_ids, image_size, unknown
+        ):
             try:
                 box = _rectangle_box(value, frame)
             except (KeyError, TypeError, ValueError):
@@ -434,17 +448,9 @@ def annotation_to_target(
         }, unknown
 
     mask = np.zeros((height, width), dtype=np.int64)
-    for result in results:
-        kind = str(result.get("type", "")).lower()
-        value = result.get("value")
-        if kind not in accepted or not isinstance(value, dict):
-            continue
-        class_id, missing = _region_label(value, kind, class_ids)
-        if class_id is None:
-            if missing is not None:
-                unknown.add(missing)
-            continue
-        frame = _frame(result, image_size)
+    for result, kind, value, class_id, frame in _labelled_regions(
+        results, accepted, class_ids, image_size, unknown
+    ):
         try:
             region = _brush_mask(value, frame) if kind == "brushlabels" else _polygon_mask(value, frame)
         except (TypeError, ValueError, IndexError):
