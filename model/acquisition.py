@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model.data.dataset import collate_pairs
 from model.data.sample import BACKGROUND_INDEX
-from model.device import autocast, select_device
+from model.device import autocast, select_device, to_device_for_inference
 from model.inconsistency import (
     binary_entropy,
     branch_probabilities,
@@ -69,7 +69,7 @@ def compute_signals(
 ) -> PoolSignals:
     """Every acquisition signal for every pair of ``dataset`` (yielding ``to_tensors`` triples)."""
     device = device if isinstance(device, torch.device) else select_device(device)
-    model.to(device).eval()
+    to_device_for_inference(model, device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pairs)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in PoolSignals.__dataclass_fields__}
     for rgb, thermal, _ in loader:

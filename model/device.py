@@ -28,6 +28,17 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def to_device_for_inference(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model.to(device).eval()``, safe to call inside ``torch.inference_mode``.
+
+    Moving parameters to another device under inference mode makes them inference tensors, and the next
+    training step on that model fails ("Inference tensors cannot be saved for backward"). Scoring a pool
+    between fine-tuning cycles does exactly that when the model comes from a CPU checkpoint and runs on CUDA.
+    """
+    with torch.inference_mode(False):
+        return model.to(device).eval()
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, enabled: bool = True) -> Iterator[None]:
     dtype = amp_dtype(device) if enabled else None

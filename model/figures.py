@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.data.dataset import collate_pairs
-from model.device import select_device
+from model.device import select_device, to_device_for_inference
 from model.inconsistency import inconsistency_heatmap
 from model.network import ThreeBranchNet
 from model.postprocess import decode_detections, decode_segmentation
@@ -86,7 +86,7 @@ def plot_selected_pairs(
     if not indices:
         raise ValueError("no pairs to plot")
     device = device if isinstance(device, torch.device) else select_device(device)
-    model.to(device).eval()
+    to_device_for_inference(model, device)
     rgb, thermal, targets = collate_pairs([dataset[i] for i in indices])
     output = model(rgb.to(device), thermal.to(device))
     heat = inconsistency_heatmap(output, reduction=model.config.class_reduction).float().cpu().numpy()

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection._utils import BoxCoder, SSDMatcher
-from torchvision.ops import box_iou
+from torchvision.models.detection._utils import BoxCoder
 
 from model.config import NetConfig
 from model.data.sample import IGNORE_INDEX
@@ -42,42 +41,97 @@ class AnchorTargets:
         return self.labels > 0
 
 
+@dataclass
+class PaddedBoxes:
+    """A batch's ground-truth boxes padded to the most boxes of any image (K >= 1), on one device.
+
+    Shapes: ``boxes`` (N, K, 4) float32 xyxy; ``labels`` (N, K) int64; ``valid`` (N, K) bool, real and not
+    ignored; ``ignored`` (N, K) bool, real and flagged ignore (padding is neither).
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+    ignored: Tensor
+
+
+def pad_boxes(targets: list[Target], device: torch.device) -> PaddedBoxes:
+    """Stack the targets' "boxes", "labels" and optional "ignore" into :class:`PaddedBoxes` on ``device``.
+
+    Built on the CPU, where the data loader leaves targets, and moved in four copies: per-image copies to a
+    GPU would each be a transfer (and a sync).
+    """
+    count = len(targets)
+    most = max([1, *(len(t["boxes"]) for t in targets)])
+    boxes = torch.zeros((count, most, 4), dtype=torch.float32)
+    labels = torch.zeros((count, most), dtype=torch.int64)
+    real = torch.zeros((count, most), dtype=torch.bool)
+    flagged = torch.zeros((count, most), dtype=torch.bool)
+    for i, target in enumerate(targets):
+        k = len(target["boxes"])
+        if k == 0:
+            continue
+        boxes[i, :k] = target["boxes"].detach().to("cpu", torch.float32).reshape(k, 4)
+        labels[i, :k] = target["labels"].detach().to("cpu", torch.int64).reshape(k)
+        real[i, :k] = True
+        ignore = target.get("ignore")
+        if ignore is not None:
+            flagged[i, :k] = ignore.detach().to("cpu").bool().reshape(k)
+    moved = [t.to(device, non_blocking=True) for t in (boxes, labels, real & ~flagged, real & flagged)]
+    return PaddedBoxes(*moved)
+
+
+def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """IoU of (N, K, 4) boxes with (A, 4) anchors, both xyxy -> (N, K, A)."""
+    b = boxes[:, :, None, :]
+    top_left = torch.maximum(b[..., :2], anchors[:, :2])
+    bottom_right = torch.minimum(b[..., 2:], anchors[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area_boxes = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)[:, :, None]
+    area_anchors = (anchors[:, 2:] - anchors[:, :2]).clamp(min=0).prod(-1)
+    return inter / (area_boxes + area_anchors - inter).clamp(min=1e-9)
+
+
 class SSDLoss(nn.Module):
     """Matching at IoU 0.5, smooth-L1 box loss and cross-entropy with 3:1 hard negative mining."""
 
     def __init__(self, iou_threshold: float = 0.5, neg_to_pos_ratio: int = 3, min_negatives: int = 3) -> None:
         super().__init__()
-        self.matcher = SSDMatcher(iou_threshold)
         self.iou_threshold = iou_threshold
         self.box_coder = BoxCoder(BOX_CODER_WEIGHTS)
         self.neg_to_pos_ratio = neg_to_pos_ratio
         # Pairs without objects still teach "background" with a few hard negatives (plain SSD learns nothing).
         self.min_negatives = min_negatives
 
-    def match(self, anchors: Tensor, targets: list[Target]) -> AnchorTargets:
-        """anchors (A, 4) -> targets for every image of the batch."""
-        labels, regression = [], []
-        for target in targets:
-            boxes = target["boxes"].to(anchors)
-            ignore = target.get("ignore")
-            ignore = torch.zeros(len(boxes), dtype=torch.bool) if ignore is None else ignore.bool()
-            ignore = ignore.to(anchors.device)
-            keep_boxes, keep_labels = boxes[~ignore], target["labels"].to(anchors.device)[~ignore]
-            image_labels = torch.zeros(len(anchors), dtype=torch.int64, device=anchors.device)
-            image_regression = torch.zeros((len(anchors), 4), dtype=anchors.dtype, device=anchors.device)
-            if len(keep_boxes):
-                matched = self.matcher(box_iou(keep_boxes, anchors))
-                positive = matched >= 0
-                image_labels[positive] = keep_labels[matched[positive]]
-                image_regression[positive] = self.box_coder.encode_single(
-                    keep_boxes[matched[positive]], anchors[positive]
-                )
-            if ignore.any():
-                near_ignored = box_iou(boxes[ignore], anchors).amax(dim=0) >= self.iou_threshold
-                image_labels[near_ignored & (image_labels == 0)] = IGNORED_ANCHOR
-            labels.append(image_labels)
-            regression.append(image_regression)
-        return AnchorTargets(torch.stack(labels), torch.stack(regression))
+    def match(self, anchors: Tensor, boxes: PaddedBoxes) -> AnchorTargets:
+        """anchors (A, 4) -> targets for every image of the batch, in one pass over the (N, K, A) IoUs.
+
+        SSD's rule (torchvision's ``SSDMatcher``): an anchor takes the box it overlaps most when that IoU is
+        at least the threshold, and each box also takes the anchor it overlaps most. Ignored boxes are left
+        out of the matching; background anchors that overlap one of them are ignored rather than negative.
+        Vectorised over the batch: a loop over images costs hundreds of small kernels and device syncs per
+        step on a GPU.
+        """
+        iou = batched_box_iou(boxes.boxes, anchors)  # (N, K, A)
+        matchable = iou.masked_fill(~boxes.valid[:, :, None], -1.0)
+        best_iou, matches = matchable.max(dim=1)  # (N, A): best box per anchor
+        matches = matches.masked_fill(best_iou < self.iou_threshold, -1)
+        # Each valid box keeps its best anchor (invalid rows write into a spare column, dropped after).
+        count, anchors_count = matches.shape[0], len(anchors)
+        best_anchor = matchable.argmax(dim=2).masked_fill(~boxes.valid, anchors_count)  # (N, K)
+        box_index = torch.arange(boxes.valid.shape[1], device=anchors.device).expand_as(best_anchor)
+        spare = torch.full((count, 1), -1, dtype=matches.dtype, device=matches.device)
+        matches = torch.cat([matches, spare], dim=1).scatter(1, best_anchor, box_index)[:, :anchors_count]
+        positive = matches >= 0
+        index = matches.clamp(min=0)
+        labels = boxes.labels.gather(1, index) * positive
+        matched_boxes = boxes.boxes.gather(1, index[:, :, None].expand(-1, -1, 4))  # (N, A, 4)
+        encoded = self.box_coder.encode_single(matched_boxes.reshape(-1, 4), anchors.repeat(count, 1))
+        # where, not a product: unmatched anchors encode a padding box of zero size (log 0).
+        regression = torch.where(positive[:, :, None], encoded.view(count, anchors_count, 4), 0.0)
+        near_ignored = iou.masked_fill(~boxes.ignored[:, :, None], -1.0).amax(dim=1) >= self.iou_threshold
+        labels = labels.masked_fill(near_ignored & (labels == 0), IGNORED_ANCHOR)
+        return AnchorTargets(labels, regression)
 
     def forward(self, branch: BranchOutput, matched: AnchorTargets) -> tuple[Tensor, Tensor]:
         """Returns (the branch's loss, per-anchor loss (N, A) that guides GAFF's inter-modality attention)."""
@@ -96,7 +150,9 @@ class SSDLoss(nn.Module):
         rank = negative_loss.argsort(dim=1, descending=True).argsort(dim=1)
         hard_negatives = (rank < num_negatives) & (matched.labels == 0)
         normaliser = num_positives.sum().clamp(min=1)
-        loss = (box_loss.sum() + cls_loss[positives | hard_negatives].sum()) / normaliser
+        # A masked sum, not boolean indexing: indexing would sync with the GPU once per branch.
+        counted = torch.where(positives | hard_negatives, cls_loss, torch.zeros_like(cls_loss))
+        loss = (box_loss.sum() + counted.sum()) / normaliser
         return loss, (cls_loss + box_loss).detach()
 
 
@@ -114,22 +170,18 @@ class SegmentationLoss(nn.Module):
         return pixel_loss.sum() / valid, pixel_loss.detach()
 
 
-def box_masks(targets: list[Target], image_size: tuple[int, int], grid: tuple[int, int], device) -> Tensor:
+def box_masks(boxes: PaddedBoxes, image_size: tuple[int, int], grid: tuple[int, int]) -> Tensor:
     """(N, 1, h, w) float mask: 1 where a grid cell's centre lies inside a non-ignored ground-truth box."""
     height, width = image_size
     rows, cols = grid
+    device = boxes.boxes.device
     ys = (torch.arange(rows, device=device) + 0.5) * (height / rows)
     xs = (torch.arange(cols, device=device) + 0.5) * (width / cols)
-    masks = []
-    for target in targets:
-        boxes = target["boxes"].to(device=device, dtype=torch.float32)
-        ignore = target.get("ignore")
-        if ignore is not None:
-            boxes = boxes[~ignore.to(device).bool()]
-        inside_x = (xs[None, :] >= boxes[:, 0:1]) & (xs[None, :] <= boxes[:, 2:3])  # (K, w)
-        inside_y = (ys[None, :] >= boxes[:, 1:2]) & (ys[None, :] <= boxes[:, 3:4])  # (K, h)
-        masks.append((inside_y[:, :, None] & inside_x[:, None, :]).any(dim=0).float())
-    return torch.stack(masks)[:, None]
+    b = boxes.boxes[:, :, :, None]  # (N, K, 4, 1)
+    inside_x = (xs >= b[:, :, 0]) & (xs <= b[:, :, 2])  # (N, K, w)
+    inside_y = (ys >= b[:, :, 1]) & (ys <= b[:, :, 3])  # (N, K, h)
+    inside = inside_y[:, :, :, None] & inside_x[:, :, None, :] & boxes.valid[:, :, None, None]
+    return inside.any(dim=1, keepdim=True).float()
 
 
 class GAFFGuidanceLoss(nn.Module):
@@ -181,32 +233,35 @@ class ThreeBranchLoss(nn.Module):
     def forward(self, output: NetOutput, targets: list[Target]) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
         per_location: dict[str, Tensor] = {}
+        device = output.fused.cls_logits[0].device
+        ground_truth: PaddedBoxes | Tensor
         if self.ssd is not None:
             assert output.anchors is not None
-            matched = self.ssd.match(torch.cat(output.anchors), targets)
+            ground_truth = pad_boxes(targets, device)
+            matched = self.ssd.match(torch.cat(output.anchors), ground_truth)
             for name in BRANCHES:
                 losses[name], per_location[name] = self.ssd(output.branch(name), matched)
         else:
             assert self.segmentation is not None
-            masks = torch.stack([t["mask"] for t in targets]).to(output.fused.cls_logits[0].device)
+            ground_truth = torch.stack([t["mask"] for t in targets]).to(device, non_blocking=True)
             for name in BRANCHES:
-                losses[name], per_location[name] = self.segmentation(output.branch(name), masks)
+                losses[name], per_location[name] = self.segmentation(output.branch(name), ground_truth)
         total = losses["visible"] + losses["thermal"] + losses["fused"]
         if self.config.aux_loss_weight > 0:
-            aux = self.guidance(output.attention, *self._guidance_targets(output, targets, per_location))
+            aux = self.guidance(output.attention, *self._guidance_targets(output, ground_truth, per_location))
             losses["gaff"] = aux
             total = total + self.config.aux_loss_weight * aux
         losses["total"] = total
         return losses
 
     def _guidance_targets(
-        self, output: NetOutput, targets: list[Target], per_location: dict[str, Tensor]
+        self, output: NetOutput, ground_truth: PaddedBoxes | Tensor, per_location: dict[str, Tensor]
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``ground_truth``: the padded boxes (detection) or the (N, H, W) masks (segmentation)."""
         grids = [tuple(a.intra_visible.shape[-2:]) for a in output.attention]
-        device = output.attention[0].inter.device
-        if self.ssd is not None:
+        if isinstance(ground_truth, PaddedBoxes):
             assert output.anchors is not None
-            masks = [box_masks(targets, output.image_size, g, device) for g in grids]
+            masks = [box_masks(ground_truth, output.image_size, g) for g in grids]
             counts = [len(a) for a in output.anchors]
 
             def per_cell(loss: Tensor) -> list[Tensor]:
@@ -217,8 +272,7 @@ class ThreeBranchLoss(nn.Module):
                 ]
 
             return masks, per_cell(per_location["visible"]), per_cell(per_location["thermal"])
-        gt = torch.stack([t["mask"] for t in targets]).to(device)
-        objects = ((gt != IGNORE_INDEX) & (gt > 0)).float()[:, None]
+        objects = ((ground_truth != IGNORE_INDEX) & (ground_truth > 0)).float()[:, None]
         masks = [F.adaptive_avg_pool2d(objects, g) for g in grids]
 
         def pooled(loss: Tensor) -> list[Tensor]:

@@ -24,7 +24,7 @@ from model import metrics as metric_fns
 from model.checkpoint import read_checkpoint, save_checkpoint
 from model.data.dataset import collate_pairs
 from model.data.sample import IGNORE_INDEX
-from model.device import amp_dtype, autocast, select_device
+from model.device import amp_dtype, autocast, select_device, to_device_for_inference
 from model.losses import ThreeBranchLoss
 from model.network import ThreeBranchNet
 from model.postprocess import decode_detections, decode_segmentation
@@ -141,6 +141,7 @@ def fit(
             num_workers=config.num_workers,
             collate_fn=collate_pairs,
             pin_memory=device.type == "cuda",
+            prefetch_factor=4 if config.num_workers else None,
         )
     else:
         epochs = config.epochs
@@ -167,7 +168,7 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(config, (epoch * len(loader) + step) / steps_total)
             rgb, thermal = rgb.to(device, non_blocking=True), thermal.to(device, non_blocking=True)
-            targets = [_targets_to(t, device) for t in targets]
+            # Targets stay on the CPU: the loss batches them and moves each kind once.
             with autocast(device, config.amp):
                 output = model(rgb, thermal)
             losses = criterion(output, targets)
@@ -206,12 +207,6 @@ def fit(
     return history
 
 
-def _targets_to(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in target.items()
-    }
-
-
 PRIMARY_METRIC = {"detection": "AP50", "segmentation": "mIoU"}
 
 
@@ -230,7 +225,7 @@ def collect_predictions(
     Detection predictions are ``{"boxes", "scores", "labels"}``; segmentation predictions ``{"mask"}``.
     """
     device = device if isinstance(device, torch.device) else select_device(device)
-    model.to(device).eval()
+    to_device_for_inference(model, device)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_pairs)
     predictions: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
