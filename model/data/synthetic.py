@@ -4,11 +4,20 @@ Why it is shaped this way (DESIGN.md section 6): active learning pays off where 
 redundant pairs with a minority of informative ones. Most pairs are clear days where both sensors see every
 object; a minority are conditions where one sensor fails:
 
-- ``night``: RGB dark, low-contrast and noisy (objects fade), thermal clear;
+- ``night``: RGB dark, low-contrast and noisy (objects fade; running cars show only their headlights),
+  thermal clear - and parked cars and bicycles, radiating to the cold sky, look *colder* than the ground;
 - ``dusk``: in between;
-- ``crossover``: a hot day - the ground is as warm as bodies, so objects nearly vanish in thermal;
+- ``crossover``: a hot day - the asphalt is slightly warmer than bodies, so objects nearly vanish (faintly
+  inverted) in thermal;
 - ``cold_objects``: parked cars and bicycles at ambient temperature, invisible in thermal;
-- ``glare``: false bright blobs in RGB (sun reflections) and false warm blobs in thermal (hot patches).
+- ``glare``: false bright blobs in RGB (sun reflections), false warm blobs in thermal (hot patches), and
+  person-shaped decoys in one modality only: posters and shop-window reflections of people in RGB (at the
+  wall's temperature) and thermal reflections of people on glass or wet asphalt (no RGB counterpart).
+
+The rare conditions are not just harder versions of a clear day: each shows something a clear-day model has
+never seen (cold silhouettes at night, inverted bodies at crossover, one-modality decoys it must ignore), so
+labelling them teaches what clear-day labels cannot - and they are exactly where the visible and thermal
+branches disagree.
 
 Each pair records its condition; the test split is balanced across conditions so a model that never saw the
 rare ones is visibly worse. Objects (person, car, bicycle) span 6 px to half the image height so they land
@@ -32,7 +41,7 @@ from model.data.sample import PairRecord
 SYNTH_CLASSES: tuple[str, ...] = ("person", "car", "bicycle")
 PERSON, CAR, BICYCLE = 1, 2, 3
 CONDITIONS: tuple[str, ...] = ("clear_day", "dusk", "night", "crossover", "cold_objects", "glare")
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 #: MFNet's label ids for the synthetic classes (car 1, person 2, bike 3).
@@ -91,13 +100,19 @@ class _Look:
     person_temp: float
     car_temp: float
     cold_car_share: float
+    #: Parked (not running) vehicles and bicycles relative to the ground: 0 is ambient, < 0 colder (at
+    #: night metal and glass radiate to the cold sky).
+    parked_offset: float = 0.0
+    #: Running cars show their headlights in RGB (their body is lost in the dark).
+    headlights: bool = False
 
 
 _LOOKS = {
     "clear_day": _Look(1.0, 1.0, (1.0, 1.0, 1.0), 0.10, 0.35, 0.90, 0.72, 0.0),
-    "dusk": _Look(0.40, 2.0, (1.05, 0.85, 0.80), 0.10, 0.33, 0.90, 0.72, 0.0),
-    "night": _Look(0.07, 3.0, (0.9, 0.9, 1.1), 0.05, 0.28, 0.88, 0.70, 0.0),
-    "crossover": _Look(1.05, 1.0, (1.05, 1.0, 0.92), 0.40, 0.80, 0.83, 0.81, 0.0),
+    "dusk": _Look(0.40, 2.0, (1.05, 0.85, 0.80), 0.10, 0.33, 0.90, 0.72, 0.0, -0.05, True),
+    "night": _Look(0.07, 3.0, (0.9, 0.9, 1.1), 0.05, 0.30, 0.88, 0.70, 0.0, -0.16, True),
+    # Hot asphalt a little warmer than bodies: people and running cars are faint, inverted silhouettes.
+    "crossover": _Look(1.05, 1.0, (1.05, 1.0, 0.92), 0.40, 0.86, 0.80, 0.82, 0.0),
     # An overcast cold day: the sky is about as warm as the ground, parked vehicles too.
     "cold_objects": _Look(0.95, 1.0, (0.95, 1.0, 1.05), 0.32, 0.35, 0.90, 0.35, 1.0),
     "glare": _Look(1.0, 1.0, (1.0, 1.0, 1.0), 0.10, 0.35, 0.90, 0.72, 0.0),
@@ -117,6 +132,7 @@ class _Object:
     box: tuple[int, int, int, int]
     colour: np.ndarray
     temperature: float
+    running: bool = False
 
 
 def _draw_object(obj: _Object, rgb: np.ndarray, thermal: np.ndarray, mask: np.ndarray, shade: float) -> None:
@@ -178,6 +194,7 @@ def _place_objects(
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     objects = []
     for _ in range(count):
+        running = False
         label = int(rng.choice([PERSON, CAR, BICYCLE], p=shares))
         obj_h = int(round(height * np.exp(rng.uniform(np.log(config.min_height), np.log(config.max_height)))))
         if label == CAR:
@@ -211,16 +228,54 @@ def _place_objects(
             colour = rng.uniform(0.15, 0.95, size=3)
             cold = rng.random() < look.cold_car_share
             running = (not cold) and rng.random() < config.running_car_share
-            # Parked (and, in the cold-objects condition, every) car sits at the ground's temperature.
-            temperature = look.car_temp if running else look.ground_temp + rng.normal(0, 0.01)
+            # Parked (and, in the cold-objects condition, every) car sits at the ground's temperature, or
+            # below it at night.
+            parked = look.ground_temp + look.parked_offset + rng.normal(0, 0.01)
+            temperature = look.car_temp if running else parked
         else:
             colour = rng.uniform(0.05, 0.5, size=3)
-            # Bicycles carry little heat; at ambient temperature in the cold-objects condition.
-            warm = 0.08 if condition != "cold_objects" else 0.0
+            # Bicycles carry little heat (sun-warmed frame by day); at ambient temperature in the
+            # cold-objects condition, colder than the ground at night.
+            day = look.parked_offset == 0 and condition != "cold_objects"
+            warm = 0.08 if day else 0.6 * look.parked_offset
             temperature = look.ground_temp + warm + rng.normal(0, 0.01)
-        objects.append(_Object(label, box, colour.astype(np.float32), float(np.clip(temperature, 0, 1))))
+        temperature = float(np.clip(temperature, 0, 1))
+        objects.append(_Object(label, box, colour.astype(np.float32), temperature, running))
     objects.sort(key=lambda o: o.box[3])  # far (higher foot point) first: near objects occlude them
     return objects
+
+
+def _draw_decoys(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    condition: str,
+    size: tuple[int, int],
+    horizon: int,
+    rgb: np.ndarray,
+    thermal: np.ndarray,
+    look: _Look,
+) -> list[dict]:
+    """Person-shaped figures seen by one sensor only, never labelled: posters / shop-window reflections in
+    RGB (at the ambient temperature, so absent in thermal) and thermal reflections of people on glass or
+    wet asphalt (warm in thermal, absent in RGB). Returns ``{"box", "modality"}`` per decoy."""
+    persons_only = SyntheticConfig(
+        class_shares=(1.0, 0.0, 0.0),
+        min_objects=2,
+        max_objects=3,
+        min_height=config.min_height,
+        max_height=config.max_height,
+    )
+    decoys = _place_objects(rng, persons_only, condition, size, horizon)
+    scratch_mask = np.zeros(thermal.shape, np.int64)
+    drawn = []
+    for index, decoy in enumerate(decoys):
+        if index % 2 == 0:  # a poster: paints RGB, leaves thermal as it is
+            _draw_object(decoy, rgb, thermal.copy(), scratch_mask, shade=1.0)
+        else:  # a thermal reflection: a little cooler than a body
+            decoy.temperature = look.person_temp - 0.08
+            _draw_object(decoy, rgb.copy(), thermal, scratch_mask, shade=1.0)
+        drawn.append({"box": list(decoy.box), "modality": "rgb" if index % 2 == 0 else "thermal"})
+    return drawn
 
 
 def generate_pair(
@@ -258,6 +313,9 @@ def generate_pair(
         thermal[horizon - bh : horizon, bx : bx + bw] = look.ground_temp - 0.03
     mask = np.zeros((height, width), np.int64)
 
+    decoys = []
+    if condition == "glare":  # behind the real objects, which occlude them
+        decoys = _draw_decoys(rng, config, condition, size, horizon, rgb, thermal, look)
     objects = _place_objects(rng, config, condition, size, horizon)
     for obj in objects:
         x1, _, x2, y2 = obj.box
@@ -292,6 +350,14 @@ def generate_pair(
 
     # --- illumination, tint and sensor noise
     rgb = rgb * look.light * np.array(look.tint, np.float32)
+    if look.headlights:  # after the dimming: lamps are as bright at night as by day
+        for obj in objects:
+            if obj.running:
+                x1, y1, x2, y2 = obj.box
+                radius = max(1, (y2 - y1) // 8)
+                lamp_y = y2 - max(1, (y2 - y1) // 3)
+                for lamp_x in (x1 + radius, x2 - 1 - radius):
+                    cv2.circle(rgb, (lamp_x, lamp_y), radius, (1.0, 0.95, 0.8), -1)
     if condition == "night":  # a few street lights: bright spots that do not reveal the objects
         for _ in range(int(rng.integers(1, 3))):
             cx, cy = int(rng.integers(0, width)), int(rng.integers(0, horizon + 1))
@@ -325,7 +391,8 @@ def generate_pair(
         ignore=np.array(ignore, bool),
         mask=mask,
         condition=condition,
-        meta={"generator_version": GENERATOR_VERSION},
+        # Decoys as a list (not an array) so transforms never take them for per-box values.
+        meta={"generator_version": GENERATOR_VERSION, "decoys": decoys},
     )
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from model.data.synthetic import (
+    BICYCLE,
+    CAR,
     CONDITIONS,
     GENERATOR_VERSION,
     PERSON,
@@ -214,3 +216,71 @@ def test_generation_is_fast():
     # Budgets of the design (10 ms, ~100 ms), doubled for loaded CI machines.
     assert per_small < 0.02, per_small
     assert per_large < 0.2, per_large
+
+
+def _signed_contrast(condition: str, label: int, n: int = 16) -> float:
+    """Mean thermal intensity of ``label``'s pixels minus the condition's ground temperature (0..1): < 0 for
+    objects colder than the road (the ring around an object can hold sky, so it is no reference here)."""
+    from model.data.synthetic import _LOOKS
+
+    values = []
+    for seed in range(n):
+        record = generate_pair(
+            np.random.default_rng(seed), condition, (96, 120), SyntheticConfig(max_misalignment=0)
+        )
+        mask = record.mask == label
+        if mask.sum() >= 10:
+            values.append(float(record.thermal[mask].mean() / 255 - _LOOKS[condition].ground_temp))
+    return float(np.mean(values))
+
+
+def test_night_shows_parked_vehicles_as_cold_silhouettes_and_running_cars_by_their_lamps():
+    from model.data.synthetic import _LOOKS, _place_objects
+
+    rng = np.random.default_rng(0)
+    ground = _LOOKS["night"].ground_temp
+    parked = running = 0
+    for _ in range(60):
+        for obj in _place_objects(rng, SyntheticConfig(), "night", (96, 120), 40):
+            if obj.label == PERSON:
+                continue
+            if obj.running:
+                running += 1
+                assert obj.temperature > ground + 0.2
+            else:
+                parked += 1
+                assert obj.temperature < ground - 0.05  # radiating to the cold sky
+    assert parked > 10 and running > 10
+    # A clear-day model never sees that polarity: by day bicycles are a little warmer than the road.
+    assert _signed_contrast("night", BICYCLE) < 0 < _signed_contrast("clear_day", BICYCLE)
+    # Lamps: bright pixels inside car boxes, where the dark night hides everything else.
+    lit = 0
+    for seed in range(30):
+        record = generate_pair(np.random.default_rng(seed), "night", (96, 120))
+        for box, label in zip(record.boxes.astype(int), record.labels, strict=True):
+            if label == CAR:
+                x1, y1, x2, y2 = box
+                lit += int((record.rgb[y1:y2, x1:x2].max(axis=2) > 200).any())
+    assert lit >= 5
+
+
+def test_crossover_inverts_bodies_faintly_in_thermal():
+    assert -0.25 * _signed_contrast("clear_day", PERSON) < _signed_contrast("crossover", PERSON) < 0
+
+
+def test_glare_adds_person_shaped_decoys_seen_by_one_sensor_and_never_labelled():
+    agree, total = 0, {"rgb": 0, "thermal": 0}
+    for seed in range(12):
+        config = SyntheticConfig(max_misalignment=0)
+        record = generate_pair(np.random.default_rng(seed), "glare", (96, 120), config)
+        assert generate_pair(np.random.default_rng(seed), "clear_day", (96, 120)).meta["decoys"] == []
+        for decoy in record.meta["decoys"]:
+            x1, y1, x2, y2 = decoy["box"]
+            cx, cy = (x1 + x2) // 2, min(y2 - 1, (y1 + y2) // 2 + 2)  # inside the body
+            if record.mask[cy, cx] != 0:
+                continue  # occluded by a real object: decoys are never labelled, so the mask is real
+            total[decoy["modality"]] += 1
+            warm = record.thermal[cy, cx] > 0.7 * 255
+            agree += warm == (decoy["modality"] == "thermal")  # other glare may overlap a few
+    assert total["rgb"] >= 5 and total["thermal"] >= 5
+    assert agree >= 0.8 * sum(total.values())
