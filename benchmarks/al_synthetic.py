@@ -2,7 +2,13 @@
 
 One command from a fresh checkout (``make al-benchmark`` creates the virtualenv first)::
 
-    .venv/bin/python benchmarks/al_synthetic.py
+    .venv/bin/python benchmarks/al_synthetic.py                       # CPU sizes
+    python benchmarks/al_synthetic.py --preset paper --parallel       # the paper's b and B, on a GPU
+
+``--preset cpu`` (default) fits a 2-core CPU; ``--preset paper`` uses the paper's labelling sizes (detection
+b=200, B=1200; segmentation b=50, B=350) on larger synthetic sets and images, and writes to
+``benchmarks/results/al_synthetic_paper/<device>/<task>/``. ``--parallel`` runs every seed, and the full-data
+reference, as its own process (``--threads`` torch threads each) and merges their results.json files.
 
 For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol,
 random vs cross-modality inconsistency, over three seeds plus a full-data reference, at sizes that fit a small
@@ -16,8 +22,13 @@ from the summaries.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -27,10 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from model.active import SimulationConfig, simulate  # noqa: E402
-from model.report import markdown_summary, summarise  # noqa: E402
+from model.active import RESULTS_FILE, SimulationConfig, Simulator, merge_results, simulate  # noqa: E402
+from model.report import markdown_summary, summarise, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "al_synthetic"
+PAPER_RESULTS = ROOT / "benchmarks" / "results" / "al_synthetic_paper"
 CHECKPOINTS = ROOT / "runs" / "al_synthetic"
 README = ROOT / "README.md"
 START, END = "<!-- al-results:start -->", "<!-- al-results:end -->"
@@ -68,6 +80,186 @@ CONFIGS: dict[str, SimulationConfig] = {
 }
 
 
+#: The paper's labelling sizes (Zhang et al. 2021: detection b=200, B=1200 on KAIST; segmentation b=50,
+#: B=350 on MFNet) on synthetic sets of about those datasets' scale, 128x160 images (objects 15-64 px, over
+#: every pyramid level) and a quarter-width network: sized for one GPU in under 10 minutes, all parts at once.
+_PAPER_COMMON = dict(
+    seeds=[0, 1, 2],
+    strategies=["random", "inconsistency"],
+    full_data_seeds=[0],
+    width=0.25,
+    image_size=(128, 160),
+    batch_size=32,
+    lr=2e-3,
+    device="auto",
+    num_workers=2,
+)
+PAPER_CONFIGS: dict[str, SimulationConfig] = {
+    "detection": SimulationConfig(
+        task="detection",
+        pool_size=3000,
+        test_size=600,
+        initial=200,
+        budget=1200,
+        steps_initial=1000,
+        steps_per_cycle=200,
+        full_data_steps=2000,
+        **_PAPER_COMMON,
+    ),
+    "segmentation": SimulationConfig(
+        task="segmentation",
+        pool_size=800,
+        test_size=300,
+        initial=50,
+        budget=350,
+        steps_initial=600,
+        steps_per_cycle=120,
+        full_data_steps=1200,
+        **_PAPER_COMMON,
+    ),
+}
+#: Seconds, not evidence: the whole pipeline (parallel parts, merge, report) on tiny sets, for tests and for
+#: checking a new machine before a long run.
+_SMOKE_COMMON = dict(
+    pool_size=24,
+    test_size=12,
+    initial=4,
+    budget=8,
+    seeds=[0, 1],
+    strategies=["random", "inconsistency"],
+    full_data_seeds=[0],
+    width=0.0625,
+    image_size=(64, 80),
+    batch_size=4,
+    steps_initial=3,
+    steps_per_cycle=2,
+    full_data_steps=3,
+    synthetic_options=BIG_OBJECTS,
+    num_workers=1,
+)
+SMOKE_CONFIGS = {
+    "detection": SimulationConfig(task="detection", **_SMOKE_COMMON),
+    "segmentation": SimulationConfig(task="segmentation", **_SMOKE_COMMON),
+}
+PRESETS = {"cpu": CONFIGS, "paper": PAPER_CONFIGS, "smoke": SMOKE_CONFIGS}
+
+
+def device_slug(device: str) -> str:
+    """A folder name for the machine: the GPU's name (``nvidia-h200``) or ``cpu-<N>core``."""
+    import torch
+
+    from model.device import select_device
+
+    chosen = select_device(device)
+    if chosen.type == "cuda":
+        name = torch.cuda.get_device_name(chosen)
+        return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def output_dirs(preset: str, task: str, device: str, out: Path | None = None) -> tuple[Path, Path]:
+    """(results folder, checkpoint folder) of a task under a preset (both under ``out`` when given)."""
+    if out is not None:
+        return out / task, out / "runs" / task
+    if preset == "smoke":
+        raise ValueError("the smoke preset needs an explicit output folder (--out)")
+    if preset == "cpu":
+        return RESULTS / task, CHECKPOINTS / task
+    slug = device_slug(device)
+    return PAPER_RESULTS / slug / task, CHECKPOINTS / f"paper-{slug}" / task
+
+
+def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: bool) -> Path:
+    """One process's share of a parallel run: a seed's strategies, or (``full``) the full-data reference."""
+    folder = checkpoints / "parts" / part
+    if part == "full":
+        seed = (config.full_data_seeds or config.seeds)[0]
+        simulator = Simulator(replace(config, seeds=[seed]), folder, progress=False, checkpoint_dir=folder)
+        simulator.full_data_reference(seed)
+    else:
+        seed = int(part.removeprefix("seed"))
+        first = seed == config.seeds[0]
+        simulator = Simulator(
+            replace(config, seeds=[seed], full_data=False),
+            folder,
+            progress=progress,
+            checkpoint_dir=folder,
+            figure_pairs=6 if first else 0,
+        )
+        simulator.run()
+    return folder
+
+
+def run_parallel(
+    preset: str, tasks: list[str], configs: dict[str, SimulationConfig], args: argparse.Namespace
+) -> int:
+    """Every (task, seed) and each task's full-data reference as a process; then merge and report.
+
+    Returns the number of parts that failed (stopped at the deadline does not count: their finished cycles
+    are kept and a later run resumes them)."""
+    jobs = []
+    for task in tasks:
+        config = configs[task]
+        _, checkpoints = output_dirs(preset, task, args.device, args.out)
+        parts = [f"seed{seed}" for seed in config.seeds] + (["full"] if config.full_data else [])
+        for part in parts:
+            (checkpoints / "parts" / part).mkdir(parents=True, exist_ok=True)
+            command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset, "--tasks", task]
+            command += ["--part", part, "--device", args.device, "--quiet", "--no-readme"]
+            if args.out:
+                command += ["--out", str(args.out)]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            if args.seeds:
+                command += ["--seeds", args.seeds]
+            if args.strategies:
+                command += ["--strategies", args.strategies]
+            log_file = (checkpoints / "parts" / part / "log.txt").open("a")
+            jobs.append((task, part, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)))
+    started = time.perf_counter()
+    deadline = started + args.deadline if args.deadline is not None else None
+    stopped: set[int] = set()
+    while any(process.poll() is None for _, _, process in jobs):
+        if deadline is not None and time.perf_counter() > deadline:
+            print(f"deadline of {args.deadline:.0f} s: stopping the parts still running", flush=True)
+            for _, _, process in jobs:
+                if process.poll() is None:
+                    stopped.add(process.pid)
+                    process.send_signal(signal.SIGTERM)
+            for _, _, process in jobs:
+                process.wait()
+            break
+        time.sleep(2)
+    elapsed = time.perf_counter() - started
+    failed = 0
+    for task, part, process in jobs:
+        state = "stopped at the deadline" if process.pid in stopped else f"exit {process.returncode}"
+        failed += process.returncode != 0 and process.pid not in stopped
+        print(f"{task} {part}: {state}", flush=True)
+    for task in tasks:
+        out, checkpoints = output_dirs(preset, task, args.device, args.out)
+        merge_task(out, checkpoints, elapsed)
+    return failed
+
+
+def merge_task(out: Path, checkpoints: Path, elapsed: float | None) -> None:
+    """Merge a task's parts into ``out`` (results.json, report, the first seed's selected-pairs figure)."""
+    folders = sorted((checkpoints / "parts").glob("*/"), key=lambda f: (f.name == "full", f.name))
+    parts = [json.loads((f / RESULTS_FILE).read_text()) for f in folders if (f / RESULTS_FILE).exists()]
+    if not parts:
+        print(f"{out.name}: no part wrote results", flush=True)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    merged = merge_results(parts, elapsed_seconds=elapsed)
+    (out / RESULTS_FILE).write_text(json.dumps(merged, indent=1))
+    for folder in folders:
+        if (folder / "selected_pairs.png").exists():
+            shutil.copyfile(folder / "selected_pairs.png", out / "selected_pairs.png")
+            break
+    write_report(merged, out)
+    print((out / "summary.md").read_text(), flush=True)
+
+
 def readme_section(tasks: list[str]) -> str:
     """The generated README text: per task, the plots and the summary tables."""
     parts = [
@@ -84,13 +276,21 @@ def readme_section(tasks: list[str]) -> str:
         "ids and timings are in `benchmarks/results/al_synthetic/<task>/results.json`.",
         "",
     ]
-    for task in tasks:
-        folder = RESULTS / task
+    folders = [RESULTS / task for task in tasks]
+    for device in sorted(p.name for p in PAPER_RESULTS.glob("*/") if p.is_dir()):
+        folders += [PAPER_RESULTS / device / task for task in tasks]
+    for folder in folders:
+        task = folder.name
         results_path = folder / "results.json"
         if not results_path.exists():
             continue
-        import json
-
+        if folder.parent.parent == PAPER_RESULTS:
+            parts += [
+                f"### At the paper's sizes on {folder.parent.name}: {task}",
+                "",
+                "Generated by `python benchmarks/al_synthetic.py --preset paper --parallel` there.",
+                "",
+            ]
         results = json.loads(results_path.read_text())
         summary = summarise(results)
         relative = folder.relative_to(ROOT).as_posix()
@@ -122,6 +322,7 @@ def rewrite_readme(text: str, section: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
     parser.add_argument("--tasks", default="detection,segmentation", help="comma-separated")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the benchmark's 0,1,2)")
     parser.add_argument("--strategies", help="comma-separated (default: random,inconsistency)")
@@ -130,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep runs/al_synthetic/<task>/")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md alone")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--parallel", action="store_true", help="one process per seed and full-data model")
+    parser.add_argument("--deadline", type=float, help="--parallel: stop the parts after this many seconds")
+    parser.add_argument("--out", type=Path, help="results (and runs/) under this folder instead")
+    parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: one process of --parallel
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -137,17 +342,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = set(tasks) - set(CONFIGS)
+    presets = PRESETS[args.preset]
+    unknown = set(tasks) - set(presets)
     if unknown:
-        parser.error(f"unknown tasks {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
-    for task in tasks:
-        changes: dict = {"device": args.device}
-        if args.seeds:
-            changes["seeds"] = [int(s) for s in args.seeds.split(",")]
-        if args.strategies:
-            changes["strategies"] = [s.strip() for s in args.strategies.split(",")]
-        config = replace(CONFIGS[task], **changes)
-        out, checkpoints = RESULTS / task, CHECKPOINTS / task
+        parser.error(f"unknown tasks {sorted(unknown)}; choose from {', '.join(presets)}")
+    changes: dict = {"device": args.device}
+    if args.seeds:
+        changes["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.strategies:
+        changes["strategies"] = [s.strip() for s in args.strategies.split(",")]
+    configs = {task: replace(presets[task], **changes) for task in tasks}
+    if args.part:
+        if len(tasks) != 1 or not re.fullmatch(r"seed\d+|full", args.part):
+            parser.error("--part needs one task and seedN or full")
+        checkpoints = output_dirs(args.preset, tasks[0], args.device, args.out)[1]
+        run_part(configs[tasks[0]], args.part, checkpoints, not args.quiet)
+        return 0
+    failed = run_parallel(args.preset, tasks, configs, args) if args.parallel else 0
+    for task in [] if args.parallel else tasks:
+        config = configs[task]
+        out, checkpoints = output_dirs(args.preset, task, args.device, args.out)
         started = time.perf_counter()
         results = simulate(config, out, progress=not args.quiet, checkpoint_dir=checkpoints)
         print(
@@ -159,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         if complete and not args.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)
         print((out / "summary.md").read_text(), flush=True)
-    if not args.no_readme:
+    if not args.no_readme and args.out is None:
         README.write_text(rewrite_readme(README.read_text(), readme_section(list(CONFIGS))))
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

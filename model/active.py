@@ -77,9 +77,14 @@ class SimulationConfig:
     batch_size: int = 16
     lr: float = 2e-3
     device: str = "auto"
+    #: DataLoader worker processes for training batches (0: in the training process). A GPU run is bound by
+    #: preparing batches on the CPU without them; the pool is rendered once, before the workers fork.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         self.image_size = tuple(self.image_size)  # type: ignore[assignment]
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
         if self.initial < 1 or self.budget < self.initial:
             raise ValueError("need 1 <= initial (b) <= budget (B)")
         if not self.strategies or not self.seeds:
@@ -130,6 +135,11 @@ class CachedReader:
         if index not in self.cache:
             self.cache[index] = self.reader[index]
         return self.cache[index]
+
+    def fill(self) -> None:
+        """Read every record now (DataLoader workers get a copy of the filled cache, not an empty one)."""
+        for index in range(len(self.reader)):
+            self[index]
 
     @property
     def pair_ids(self) -> list[str]:
@@ -211,6 +221,7 @@ class Simulator:
         path = self.out / RESULTS_FILE
         fresh = {
             "config": asdict(self.config),
+            "generator_version": _generator_version(self.config),
             "metric": self.config.metric,
             "pool_ids": self.pool_ids,
             "pool_conditions": [self._condition(i) for i in range(len(self.splits.pool))],
@@ -228,11 +239,18 @@ class Simulator:
         saved_config["image_size"] = list(saved_config["image_size"])
         current = {**fresh["config"], "image_size": list(fresh["config"]["image_size"])}
         # Strategies and seeds may grow between runs; everything else must match to resume.
-        keys = set(current) - {"strategies", "seeds", "device"}
+        keys = set(current) - {"strategies", "seeds", "device", "num_workers"}
         changed = {k for k in keys if saved_config.get(k) != current[k]}
         if changed:
             raise ValueError(
                 f"{path} was made with other settings ({sorted(changed)}); use another output folder"
+            )
+        # Results from before the version was recorded were made by generator version 1.
+        made_by = saved.get("generator_version", 1 if self.config.dataset == "synthetic" else None)
+        if made_by != fresh["generator_version"]:
+            raise ValueError(
+                f"{path} was made with synthetic generator version {made_by}, this is version "
+                f"{fresh['generator_version']}; use another output folder"
             )
         saved["config"] = fresh["config"]
         for key, value in fresh.items():
@@ -288,7 +306,10 @@ class Simulator:
             lr=self.config.lr,
             device=self.config.device,
             seed=seed,
+            num_workers=self.config.num_workers,
         )
+        if self.config.num_workers and isinstance(self.splits.pool, CachedReader):
+            self.splits.pool.fill()
         started = time.perf_counter()
         fit(model, Subset(self.pool_train, indices), config, progress=False)
         return time.perf_counter() - started
@@ -304,7 +325,7 @@ class Simulator:
             for name in c.strategies:
                 self._run_strategy(name, seed)
             if c.full_data and (c.full_data_seeds is None or seed in c.full_data_seeds):
-                self._full_data(seed)
+                self.full_data_reference(seed)
         self._selected_pairs_figure()
         self._save()
         return self.results
@@ -332,7 +353,8 @@ class Simulator:
         self._save()
         return path
 
-    def _full_data(self, seed: int) -> None:
+    def full_data_reference(self, seed: int) -> None:
+        """Train the full-data model of ``seed`` on the whole pool and record its test metrics (once)."""
         key = str(seed)
         if key in self.results["full_data"]:
             return
@@ -472,6 +494,15 @@ class Simulator:
         }
 
 
+def _generator_version(config: SimulationConfig) -> int | None:
+    """The synthetic generator's version (its pairs change with it), None for datasets read from disk."""
+    if config.dataset != "synthetic":
+        return None
+    from model.data.synthetic import GENERATOR_VERSION
+
+    return GENERATOR_VERSION
+
+
 def _conditions(reader: PairReader) -> list[str]:
     conditions = getattr(reader, "conditions", None)
     if conditions is None:
@@ -497,6 +528,48 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def merge_results(parts: list[dict[str, Any]], *, elapsed_seconds: float | None = None) -> dict[str, Any]:
+    """One results.json from simulations of the same settings run apart (seeds, or the full-data reference, in
+    parallel processes): their initial models, runs and full-data models side by side.
+
+    Raises ValueError when the parts differ in anything but seeds and strategies, or when two parts hold the
+    same run, initial or full-data model with different numbers.
+    """
+    if not parts:
+        raise ValueError("nothing to merge")
+    ignored = {"seeds", "strategies", "device", "num_workers", "full_data_seeds", "full_data"}
+    first = {k: v for k, v in parts[0]["config"].items() if k not in ignored}
+    merged: dict[str, Any] = {
+        **{k: v for k, v in parts[0].items() if k not in ("initial", "full_data", "runs", "sessions")},
+        "initial": {},
+        "full_data": {},
+        "runs": {},
+        "sessions": [],
+    }
+    seeds: set[int] = set()
+    strategies: list[str] = []
+    for part in parts:
+        config = {k: v for k, v in part["config"].items() if k not in ignored}
+        if config != first or part["pool_ids"] != parts[0]["pool_ids"]:
+            changed = sorted(k for k in set(config) | set(first) if config.get(k) != first.get(k))
+            raise ValueError(f"cannot merge simulations with other settings ({changed or ['pool']})")
+        seeds.update(int(s) for s in part["config"]["seeds"])
+        strategies += [s for s in part["config"]["strategies"] if s not in strategies]
+        for section in ("initial", "full_data", "runs"):
+            for key, entry in part[section].items():
+                if key in merged[section] and merged[section][key] != entry:
+                    raise ValueError(f"two parts hold different {section} entries for {key!r}")
+                merged[section][key] = entry
+        merged["sessions"] += part.get("sessions", [])
+    merged["config"] = {**parts[0]["config"], "seeds": sorted(seeds), "strategies": strategies}
+    merged["config"]["full_data_seeds"] = sorted(int(k) for k in merged["full_data"])
+    # Compute time summed over the parts; elapsed time is the parallel run's.
+    merged["wall_seconds"] = round(sum(float(p.get("wall_seconds", 0.0)) for p in parts), 1)
+    if elapsed_seconds is not None:
+        merged["parallel"] = {"processes": len(parts), "elapsed_seconds": round(elapsed_seconds, 1)}
+    return merged
 
 
 def simulate(

@@ -129,6 +129,7 @@ def timing(results: dict[str, Any]) -> dict[str, Any]:
     for run in results["runs"].values():
         seconds = sum(c.get("wall_seconds", c.get("train_seconds", 0.0)) for c in run["cycles"][1:])
         per_strategy[run["strategy"]] = per_strategy.get(run["strategy"], 0.0) + seconds
+
     def seconds(part: str) -> float:
         return sum(e.get("wall_seconds", e.get("train_seconds", 0.0)) for e in results.get(part, {}).values())
 
@@ -340,11 +341,18 @@ def markdown_summary(results: dict[str, Any], summary: dict[str, Any], *, headin
                 f" on {last.get('device')} with {last.get('torch_threads')} torch thread(s), "
                 f"{last.get('cpu_count')} CPUs, {len(sessions)} session(s)"
             )
+        parallel = results.get("parallel")
+        elapsed = (
+            f", run as {parallel['processes']} parallel processes: "
+            f"{parallel['elapsed_seconds'] / 60:.1f} min elapsed"
+            if parallel
+            else ""
+        )
         lines += [
             "",
             f"Wall time{where}: {times['wall_seconds'] / 60:.1f} min in all (initial models "
             f"{times['initial_seconds'] / 60:.1f}, full-data models {times['full_data_seconds'] / 60:.1f}, "
-            f"cycles per strategy: {parts}).",
+            f"cycles per strategy: {parts}){elapsed}.",
         ]
     return "\n".join(lines) + "\n"
 

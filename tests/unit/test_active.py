@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.active import RESULTS_FILE, SimulationConfig, Simulator, simulate
+from model.acquisition import compute_signals
+from model.active import RESULTS_FILE, SimulationConfig, Simulator, merge_results, simulate
 from model.config import NetConfig
 from model.data.dataset import PairDataset
-from model.data.synthetic import SYNTH_CLASSES, SyntheticRGBT
+from model.data.synthetic import GENERATOR_VERSION, SYNTH_CLASSES, SyntheticRGBT
 from model.data.transforms import eval_transform
 from model.network import ThreeBranchNet
+from model.report import markdown_summary, summarise
 from model.train import TrainConfig, fit
 
 STRATEGIES = ["random", "inconsistency"]
@@ -167,3 +169,74 @@ def test_steps_override_epochs():
     history = fit(model, data, TrainConfig(epochs=5, steps=4, batch_size=2, device="cpu"), progress=False)
     assert len(history) == 1
     assert batches == [2, 2, 2, 2]  # 4 steps of full batches, drawn with replacement from 3 pairs
+
+
+def test_resume_refuses_results_of_another_generator_version(finished, tmp_path):
+    source_out, _, _ = finished
+    shutil.copytree(source_out, tmp_path / "out")
+    path = tmp_path / "out" / RESULTS_FILE
+    saved = json.loads(path.read_text())
+    assert saved["generator_version"] == GENERATOR_VERSION
+    del saved["generator_version"]  # results written before the version was recorded: version 1
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="generator version 1"):
+        Simulator(tiny_config(), tmp_path / "out", progress=False, checkpoint_dir=tmp_path / "c")
+
+
+def _part(results: dict, seeds: list[int], with_full: bool) -> dict:
+    """A copy of ``results`` as one process of a parallel run would have written it."""
+    part = json.loads(json.dumps(results))
+    part["config"]["seeds"] = seeds
+    part["initial"] = {k: v for k, v in part["initial"].items() if int(k) in seeds}
+    part["runs"] = {k: v for k, v in part["runs"].items() if v["seed"] in seeds}
+    part["full_data"] = part["full_data"] if with_full else {}
+    part["wall_seconds"] = 10.0
+    return part
+
+
+def test_merge_results_puts_parallel_parts_back_together(finished):
+    _, _, results = finished
+    parts = [_part(results, [0], False), _part(results, [1], False), _part(results, [], True)]
+    merged = merge_results(parts, elapsed_seconds=12.5)
+    assert merged["config"]["seeds"] == [0, 1] and merged["config"]["full_data_seeds"] == [0, 1]
+    for section in ("initial", "runs", "full_data"):
+        assert merged[section] == results[section]
+    assert merged["wall_seconds"] == 30.0  # compute summed over the parts
+    assert merged["parallel"] == {"processes": 3, "elapsed_seconds": 12.5}
+    assert "3 parallel processes" in markdown_summary(merged, summarise(merged))
+
+
+def test_merge_results_refuses_parts_that_do_not_belong_together(finished):
+    _, _, results = finished
+    other = _part(results, [1], False)
+    other["config"]["budget"] = 99
+    with pytest.raises(ValueError, match="budget"):
+        merge_results([_part(results, [0], False), other])
+    clash = _part(results, [0], False)
+    clash["runs"]["random/seed0"]["cycles"][1]["metrics"]["AP50"] = -1.0
+    with pytest.raises(ValueError, match="random/seed0"):
+        merge_results([_part(results, [0], False), clash])
+    with pytest.raises(ValueError, match="nothing"):
+        merge_results([])
+
+
+def test_training_batches_from_worker_processes(tmp_path):
+    """``num_workers`` > 0: the pool is rendered once in the parent, so workers start from a full cache."""
+    config = tiny_config(seeds=[0], strategies=["random"], budget=8, num_workers=1, full_data=False)
+    simulator = Simulator(config, tmp_path, progress=False, checkpoint_dir=tmp_path / "c", figure_pairs=0)
+    results = simulator.run()
+    assert len(simulator.splits.pool.cache) == config.pool_size
+    assert [c["labelled_count"] for c in results["runs"]["random/seed0"]["cycles"]] == [4, 8]
+    with pytest.raises(ValueError, match="num_workers"):
+        tiny_config(num_workers=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: moving to the CPU is a no-op there")
+def test_fine_tuning_after_scoring_on_cuda():
+    """Scoring moves a CPU-loaded model to the GPU inside inference mode; training it next must still work."""
+    size = (32, 40)
+    data = PairDataset(SyntheticRGBT(4, seed=0, image_size=size), eval_transform(size))
+    model = ThreeBranchNet(NetConfig(class_names=SYNTH_CLASSES, width=0.0625, image_size=size))
+    compute_signals(model, data, device="cuda")
+    history = fit(model, data, TrainConfig(epochs=1, steps=2, batch_size=2, device="cuda"), progress=False)
+    assert len(history) == 1
