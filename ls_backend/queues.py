@@ -442,8 +442,9 @@ class RQRunner:
         status = job.get_status(refresh=False)
         error = None
         if status is not None and str(getattr(status, "value", status)) == "failed":
-            error = (job.exc_info or "").strip().splitlines()[-1:] or ["failed"]
-            error = error[0]
+            result = job.latest_result()  # (job.exc_info is deprecated in RQ 2+)
+            text = result.exc_string if result is not None and result.exc_string else ""
+            error = (text.strip().splitlines()[-1:] or ["failed"])[0]
         return JobState(
             id=job.id,
             func=job.func_name,
