@@ -69,7 +69,8 @@ def test_readme_section_lists_each_preset_that_has_results(preset, monkeypatch, 
     (target / "results.json").write_text((source / "results.json").read_text())
     section = al_synthetic.readme_section(["detection", "segmentation"])
     assert "| inconsistency |" in section
-    assert ("paper's sizes on some-gpu" in section) == (preset == "paper")
+    assert ("paper's sizes, on some-gpu" in section) == (preset == "paper")
+    assert ("#### Active learning" in section) == (preset == "paper")
     text = al_synthetic.rewrite_readme("intro\n", section)
     assert text.startswith("intro") and al_synthetic.START in text and al_synthetic.END in text
     assert al_synthetic.rewrite_readme(text, "new\n").count(al_synthetic.START) == 1
