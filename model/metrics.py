@@ -108,6 +108,28 @@ def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
         raise ValueError(f"{where} labels must be in 1..{num_classes}, got {labels.min()}..{labels.max()}")
 
 
+def _add_annotations(
+    annotations: list[dict[str, Any]],
+    image_id: int,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    **per_box: list[Any],
+) -> None:
+    """Append one COCO annotation per xyxy box (ids continue the list's numbering); ``per_box`` values, one
+    per box, become extra keys ("iscrowd", "score")."""
+    for index, ((x1, y1, x2, y2), label) in enumerate(zip(boxes.tolist(), labels.tolist(), strict=True)):
+        w, h = x2 - x1, y2 - y1
+        annotation = {
+            "id": len(annotations) + 1,
+            "image_id": image_id,
+            "category_id": label,
+            "bbox": [x1, y1, w, h],
+            "area": w * h,
+        }
+        annotation.update({key: values[index] for key, values in per_box.items()})
+        annotations.append(annotation)
+
+
 def coco_detection_metrics(
     predictions: Sequence[Mapping[str, Any]],
     targets: Sequence[Mapping[str, Any]],
@@ -151,45 +173,16 @@ def coco_detection_metrics(
     dt_anns: list[dict[str, Any]] = []
     for image_id, (prediction, target) in enumerate(zip(predictions, targets, strict=True), start=1):
         images.append({"id": image_id})
-
         boxes = _boxes(target["boxes"])
         labels = _field(target, "labels", len(boxes), np.int64, 1)
-        ignore = _field(target, "ignore", len(boxes), bool, False)
         _check_labels(labels, num_classes, "target")
-        for (x1, y1, x2, y2), label, crowd in zip(
-            boxes.tolist(), labels.tolist(), ignore.tolist(), strict=True
-        ):
-            w, h = x2 - x1, y2 - y1
-            gt_anns.append(
-                {
-                    "id": len(gt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": label,
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": int(crowd),
-                }
-            )
-
+        crowd = _field(target, "ignore", len(boxes), bool, False).astype(int)
+        _add_annotations(gt_anns, image_id, boxes, labels, iscrowd=crowd.tolist())
         boxes = _boxes(prediction["boxes"])
-        scores = _field(prediction, "scores", len(boxes), np.float64, 1.0)
         labels = _field(prediction, "labels", len(boxes), np.int64, 1)
         _check_labels(labels, num_classes, "prediction")
-        for (x1, y1, x2, y2), score, label in zip(
-            boxes.tolist(), scores.tolist(), labels.tolist(), strict=True
-        ):
-            w, h = x2 - x1, y2 - y1
-            dt_anns.append(
-                {
-                    "id": len(dt_anns) + 1,
-                    "image_id": image_id,
-                    "category_id": label,
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "score": score,
-                    "iscrowd": 0,
-                }
-            )
+        scores = _field(prediction, "scores", len(boxes), np.float64, 1.0)
+        _add_annotations(dt_anns, image_id, boxes, labels, iscrowd=[0] * len(boxes), score=scores.tolist())
 
     coco_cls, eval_cls, is_faster = _coco_backend()
     categories = [{"id": i, "name": str(name)} for i, name in enumerate(class_names, start=1)]
