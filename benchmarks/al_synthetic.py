@@ -12,8 +12,9 @@ reference, as its own process (``--threads`` torch threads each) and merges thei
 
 For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol,
 random vs cross-modality inconsistency (and two extensions), over three seeds plus a full-data reference, at
-sizes that fit a small CPU, then writes ``benchmarks/results/al_synthetic/<task>/``: ``results.json`` (every cycle), the learning
-curves, the most inconsistent pairs (``selected_pairs.png``), ``summary.md`` / ``summary.json``. Model
+sizes that fit a small CPU, then writes ``benchmarks/results/al_synthetic/<task>/``: ``results.json`` (every
+cycle), the learning curves, the most inconsistent pairs (``selected_pairs.png``), ``summary.md`` /
+``summary.json``. Model
 checkpoints go to ``runs/al_synthetic/<task>/`` (git-ignored); once a task is complete only each seed's
 initial model is kept there, so a strategy added later starts from the same model.
 Finally the README section between ``<!-- al-results:start -->`` and ``<!-- al-results:end -->`` is rewritten
