@@ -216,6 +216,8 @@ def run_parallel(
                 command += ["--seeds", args.seeds]
             if args.strategies:
                 command += ["--strategies", args.strategies]
+            if args.image_size:
+                command += ["--image-size", *map(str, args.image_size)]
             log_file = (checkpoints / "parts" / part / "log.txt").open("a")
             jobs.append((task, part, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)))
     started = time.perf_counter()
@@ -347,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", action="store_true", help="one process per seed and full-data model")
     parser.add_argument("--deadline", type=float, help="--parallel: stop the parts after this many seconds")
     parser.add_argument("--out", type=Path, help="results (and runs/) under this folder instead")
+    parser.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the preset's image size"
+    )
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: one process of --parallel
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -364,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         changes["seeds"] = [int(s) for s in args.seeds.split(",")]
     if args.strategies:
         changes["strategies"] = [s.strip() for s in args.strategies.split(",")]
+    if args.image_size:
+        changes["image_size"] = tuple(args.image_size)
     configs = {task: replace(presets[task], **changes) for task in tasks}
     if args.part:
         if len(tasks) != 1 or not re.fullmatch(r"seed\d+|full", args.part):
