@@ -28,6 +28,8 @@ from model.inconsistency import (
     branch_probabilities,
     flat_mean,
     inconsistency_maps,
+    masked_scale_balanced_mean,
+    object_masks,
     scale_balanced_mean,
 )
 from model.network import ThreeBranchNet
@@ -40,6 +42,8 @@ class PoolSignals:
     inconsistency: np.ndarray
     inconsistency_flat: np.ndarray
     inconsistency_mean: np.ndarray
+    #: I averaged over the predictions where either branch sees an object (see masked_scale_balanced_mean).
+    inconsistency_objects: np.ndarray
     fused_entropy: np.ndarray
     embedding: np.ndarray
 
@@ -81,6 +85,8 @@ def compute_signals(
         columns["inconsistency"].append(scale_balanced_mean(by_max).cpu())
         columns["inconsistency_flat"].append(flat_mean(by_max).cpu())
         columns["inconsistency_mean"].append(scale_balanced_mean(by_mean).cpu())
+        objects = masked_scale_balanced_mean(by_max, object_masks(output))
+        columns["inconsistency_objects"].append(objects.cpu())
         columns["fused_entropy"].append(scale_balanced_mean(entropy).cpu())
         columns["embedding"].append(output.embedding.float().cpu())
     return PoolSignals(**{k: torch.cat(v).numpy() for k, v in columns.items()})
@@ -207,6 +213,11 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "fused-entropy": lambda: TopScoreStrategy("fused-entropy", lambda s: s.fused_entropy),
     "combined": lambda: TopScoreStrategy("combined", combined_score),
     "inconsistency-diverse": InconsistencyDiverseStrategy,
+    # I over the regions where a branch sees an object, not over the whole image (the background's I
+    # dominates the paper's mean while the network is not yet confident).
+    "inconsistency-objects": lambda: TopScoreStrategy(
+        "inconsistency-objects", lambda s: s.inconsistency_objects
+    ),
     # Ablations of the paper's choices.
     "inconsistency-flat": lambda: TopScoreStrategy("inconsistency-flat", lambda s: s.inconsistency_flat),
     "inconsistency-mean": lambda: TopScoreStrategy("inconsistency-mean", lambda s: s.inconsistency_mean),

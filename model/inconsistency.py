@@ -112,6 +112,40 @@ def flat_mean(levels: Sequence[Tensor]) -> Tensor:
     return torch.cat([level.reshape(level.shape[0], -1) for level in levels], dim=1).mean(dim=1)
 
 
+def object_masks(output: NetOutput, threshold: float = 0.5) -> list[Tensor]:
+    """Per level, True where the visible or the thermal branch predicts an object: foreground probability
+    (one minus background) at least ``threshold``. Shapes as :func:`inconsistency_maps`."""
+    class_dim = output.visible.class_dim
+    masks = []
+    for p_v, p_t in zip(
+        branch_probabilities(output.visible), branch_probabilities(output.thermal), strict=True
+    ):
+        foreground_v = 1.0 - p_v.select(class_dim, BACKGROUND_INDEX)
+        foreground_t = 1.0 - p_t.select(class_dim, BACKGROUND_INDEX)
+        masks.append(torch.maximum(foreground_v, foreground_t) >= threshold)
+    return masks
+
+
+def masked_scale_balanced_mean(levels: Sequence[Tensor], masks: Sequence[Tensor]) -> Tensor:
+    """Per-level tensors (N, ...) and boolean masks of the same shapes -> (N,): the mean over each level's
+    masked predictions, then the mean over the levels that have any; 0 for a pair with none.
+
+    The paper's mean over every prediction lets the background's I, non-zero while a network is not yet
+    confident, dominate a pair's score; this one scores the regions where a branch sees an object.
+    """
+    if not levels:
+        raise ValueError("at least one level is needed")
+    sums, present = [], []
+    for level, mask in zip(levels, masks, strict=True):
+        values = level.reshape(level.shape[0], -1)
+        weights = mask.reshape(mask.shape[0], -1).to(values.dtype)
+        count = weights.sum(dim=1)
+        sums.append((values * weights).sum(dim=1) / count.clamp(min=1))
+        present.append((count > 0).to(values.dtype))
+    level_means, levels_present = torch.stack(sums, dim=1), torch.stack(present, dim=1)
+    return level_means.sum(dim=1) / levels_present.sum(dim=1).clamp(min=1)
+
+
 def branch_probabilities(branch: BranchOutput) -> list[Tensor]:
     """Class probabilities per level (softmax over the class dimension), in float32."""
     return [logits.float().softmax(dim=branch.class_dim) for logits in branch.cls_logits]

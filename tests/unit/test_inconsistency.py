@@ -10,6 +10,8 @@ from model.inconsistency import (
     binary_entropy,
     flat_mean,
     inconsistency_maps,
+    masked_scale_balanced_mean,
+    object_masks,
     pair_scores,
     prediction_inconsistency,
     scale_balanced_mean,
@@ -138,3 +140,26 @@ def test_pair_scores_independent_of_batch_composition():
         alone = torch.cat([pair_scores(net(rgb[i : i + 1], thermal[i : i + 1])) for i in range(3)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
     assert torch.all((together >= 0) & (together <= 1))
+
+
+def test_masked_mean_scores_only_where_a_branch_sees_an_object():
+    levels = [torch.tensor([[0.2, 0.2, 0.9, 0.2], [0.2, 0.2, 0.2, 0.2]]), torch.tensor([[0.5], [0.3]])]
+    masks = [torch.tensor([[False, False, True, False], [False] * 4]), torch.tensor([[True], [False]])]
+    # Pair 0: level means 0.9 and 0.5 -> 0.7; pair 1 has no object anywhere -> 0, whatever its floor.
+    torch.testing.assert_close(masked_scale_balanced_mean(levels, masks), torch.tensor([0.7, 0.0]))
+    # A level without objects does not dilute the others.
+    masks[1] = torch.tensor([[False], [False]])
+    torch.testing.assert_close(masked_scale_balanced_mean(levels, masks), torch.tensor([0.9, 0.0]))
+
+
+def test_object_masks_follow_either_branchs_foreground():
+    big = 30.0
+    visible = torch.tensor([[[big, 0.0], [0.0, big], [big, 0.0]]])  # anchor 1: object in RGB only
+    thermal = torch.tensor([[[big, 0.0], [big, 0.0], [0.0, big]]])  # anchor 2: object in thermal only
+    masks = object_masks(_detection_output([visible], [thermal]))
+    assert masks[0].tolist() == [[False, True, True]]
+    # With a uniform background disagreement floor, the masked score is the objects' I alone.
+    output = _detection_output([visible], [thermal])
+    scores = masked_scale_balanced_mean(inconsistency_maps(output), masks)
+    torch.testing.assert_close(scores, torch.tensor([1.0]), atol=1e-4, rtol=0)
+    assert pair_scores(output) < scores  # the paper's mean includes the agreeing background anchor
