@@ -31,7 +31,7 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-# Active learning on the synthetic generator (detection + segmentation, 3 seeds, 4 strategies; about 25 minutes
+# Active learning on the synthetic generator (detection + segmentation, 3 seeds, 5 strategies; about 25-30 minutes
 # per task on 2 idle CPU cores): resumable; writes benchmarks/results/al_synthetic/ and the README's results
 # section. On a GPU: .venv/bin/python benchmarks/al_synthetic.py --preset paper --parallel (the paper's b, B).
 al-benchmark: venv
