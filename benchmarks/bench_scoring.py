@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    out = args.out or benchutil.RESULTS_DIR / f"{result['device']}{'-quick' if args.quick else ''}.json"
+    out = benchutil.results_path(result["device"], quick=args.quick, out=args.out)
     benchutil.write_section(out, "scoring", result)
     t = result["throughput"]
     benchutil.print_table(

@@ -81,6 +81,11 @@ def read_results(path: Path) -> dict[str, Any]:
         return {}
 
 
+def results_path(device: str, *, quick: bool = False, out: Path | None = None) -> Path:
+    """Where a run's figures go: ``out`` when given, else ``results/<device>.json`` (``-quick`` added)."""
+    return out or RESULTS_DIR / f"{device}{'-quick' if quick else ''}.json"
+
+
 def write_section(path: Path, key: str, value: dict[str, Any]) -> None:
     """Merge ``{key: value}`` into the JSON file at ``path`` (other keys stay), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewrote the performance table of {README}")
         return 0
     device = benchutil.device_name(args.device or "auto")
-    out = args.out or benchutil.RESULTS_DIR / f"{device}{'-quick' if args.quick else ''}.json"
+    out = benchutil.results_path(device, quick=args.quick, out=args.out)
     failures = run_benches(args, out)
     if args.readme if args.readme is not None else not args.quick:
         rewrite_readme(README, benchutil.RESULTS_DIR)
