@@ -12,7 +12,6 @@ import base64
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,22 +37,13 @@ from tests.unit.app_support import (
     predict_body,
     publish_tiny,
     runner_held,
-    torch_threads,
     write_pair,
 )
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AppUnderTest:
-    return make_app(make_settings(tmp_path))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def webhook(action: str, project_id: int = 7, **extra: object) -> dict:

@@ -18,7 +18,6 @@ import base64
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,6 @@ from tests.unit.app_support import (
     png_bytes,
     predict_body,
     publish_tiny,
-    torch_threads,
     write_pair,
 )
 
@@ -46,15 +44,7 @@ I2 = '<Image name="rgb" value="$rgb"/><Image name="thermal" value="$thermal"/>'
 RECT = '<RectangleLabels name="label" toName="rgb"><Label value="person"/></RectangleLabels>'
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> AppUnderTest:
-    return make_app(make_settings(tmp_path))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

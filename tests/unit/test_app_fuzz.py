@@ -38,7 +38,6 @@ from tests.unit.app_support import (
     png_bomb,
     png_bytes,
     publish_tiny,
-    torch_threads,
     write_pair,
 )
 
@@ -63,10 +62,7 @@ def fuzz_settings(max_examples: int):
 
 
 # ------------------------------------------------------------------------------------------ app
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
