@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +63,27 @@ class ManagedProcess:
             code = None if self.process is None else self.process.returncode
             raise ProcessError(f"{self.name} exited ({code}); log {self.log_path}:\n{_tail(self.log_path)}")
 
+    def wait_until(
+        self,
+        ready: Callable[[], bool],
+        *,
+        errors: tuple[type[BaseException], ...],
+        timeout: float,
+        interval: float,
+    ) -> None:
+        """Poll ``ready()`` (an ``errors`` exception counts as not yet) until it is true; ProcessError, with
+        the log tail, when the process dies or ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if ready():
+                    return
+            except errors:
+                pass
+            time.sleep(interval)
+        raise ProcessError(f"{self.name} not ready after {timeout:.0f} s:\n{_tail(self.log_path)}")
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole group (SIGKILL: the fault tests' "worker killed mid-job")."""
         if self.alive():
@@ -105,16 +126,12 @@ class BackendServer(ManagedProcess):
         self.url = f"http://{host}:{port}"
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if requests.get(self.url + "/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise ProcessError(f"{self.name} not ready after {timeout:.0f} s:\n{_tail(self.log_path)}")
+        self.wait_until(
+            lambda: requests.get(self.url + "/health", timeout=1).ok,
+            errors=(requests.RequestException,),
+            timeout=timeout,
+            interval=0.3,
+        )
 
 
 class Worker(ManagedProcess):
@@ -145,16 +162,12 @@ class RedisServer(ManagedProcess):
     def wait_ready(self, timeout: float = 30.0) -> None:
         import redis
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                if redis.Redis(port=self.port, socket_connect_timeout=1).ping():
-                    return
-            except redis.RedisError:
-                pass
-            time.sleep(0.05)
-        raise ProcessError(f"{self.name} not ready after {timeout:.0f} s:\n{_tail(self.log_path)}")
+        self.wait_until(
+            lambda: bool(redis.Redis(port=self.port, socket_connect_timeout=1).ping()),
+            errors=(redis.RedisError,),
+            timeout=timeout,
+            interval=0.05,
+        )
 
     def restart(self) -> None:
         """Start it again on the same port after :meth:`kill` or :meth:`stop` (empty: nothing persisted)."""
