@@ -29,6 +29,7 @@ from model.inconsistency import (
     flat_mean,
     inconsistency_maps,
     masked_scale_balanced_mean,
+    modality_probabilities,
     object_masks,
     scale_balanced_mean,
 )
@@ -79,13 +80,14 @@ def compute_signals(
     for rgb, thermal, _ in loader:
         with autocast(device):
             output = model(rgb.to(device), thermal.to(device))
-        by_max = inconsistency_maps(output, reduction="max")
-        by_mean = inconsistency_maps(output, reduction="mean")
+        probabilities = modality_probabilities(output)  # one softmax per branch for every signal
+        by_max = inconsistency_maps(output, reduction="max", probabilities=probabilities)
+        by_mean = inconsistency_maps(output, reduction="mean", probabilities=probabilities)
         entropy = fused_entropy_maps(branch_probabilities(output.fused), output.fused.class_dim)
         columns["inconsistency"].append(scale_balanced_mean(by_max).cpu())
         columns["inconsistency_flat"].append(flat_mean(by_max).cpu())
         columns["inconsistency_mean"].append(scale_balanced_mean(by_mean).cpu())
-        objects = masked_scale_balanced_mean(by_max, object_masks(output))
+        objects = masked_scale_balanced_mean(by_max, object_masks(output, probabilities=probabilities))
         columns["inconsistency_objects"].append(objects.cpu())
         columns["fused_entropy"].append(scale_balanced_mean(entropy).cpu())
         columns["embedding"].append(output.embedding.float().cpu())

@@ -24,6 +24,9 @@ from torch import Tensor
 from model.data.sample import BACKGROUND_INDEX
 from model.network import BranchOutput, NetOutput
 
+#: Per-level class probabilities of the visible and of the thermal branch.
+ModalityProbabilities = tuple[list[Tensor], list[Tensor]]
+
 Reduction = Literal["max", "mean"]
 Aggregation = Literal["scale_balanced", "flat"]
 
@@ -112,14 +115,15 @@ def flat_mean(levels: Sequence[Tensor]) -> Tensor:
     return torch.cat([level.reshape(level.shape[0], -1) for level in levels], dim=1).mean(dim=1)
 
 
-def object_masks(output: NetOutput, threshold: float = 0.5) -> list[Tensor]:
+def object_masks(
+    output: NetOutput, threshold: float = 0.5, *, probabilities: ModalityProbabilities | None = None
+) -> list[Tensor]:
     """Per level, True where the visible or the thermal branch predicts an object: foreground probability
-    (one minus background) at least ``threshold``. Shapes as :func:`inconsistency_maps`."""
+    (one minus background) at least ``threshold``. Shapes as :func:`inconsistency_maps`; ``probabilities``:
+    :func:`modality_probabilities` of ``output`` when already computed."""
     class_dim = output.visible.class_dim
     masks = []
-    for p_v, p_t in zip(
-        branch_probabilities(output.visible), branch_probabilities(output.thermal), strict=True
-    ):
+    for p_v, p_t in zip(*(probabilities or modality_probabilities(output)), strict=True):
         foreground_v = 1.0 - p_v.select(class_dim, BACKGROUND_INDEX)
         foreground_t = 1.0 - p_t.select(class_dim, BACKGROUND_INDEX)
         masks.append(torch.maximum(foreground_v, foreground_t) >= threshold)
@@ -151,17 +155,26 @@ def branch_probabilities(branch: BranchOutput) -> list[Tensor]:
     return [logits.float().softmax(dim=branch.class_dim) for logits in branch.cls_logits]
 
 
-def inconsistency_maps(output: NetOutput, *, reduction: Reduction = "max") -> list[Tensor]:
+def modality_probabilities(output: NetOutput) -> ModalityProbabilities:
+    """(visible, thermal) class probabilities per level: computed once when several signals need them."""
+    return branch_probabilities(output.visible), branch_probabilities(output.thermal)
+
+
+def inconsistency_maps(
+    output: NetOutput,
+    *,
+    reduction: Reduction = "max",
+    probabilities: ModalityProbabilities | None = None,
+) -> list[Tensor]:
     """I per prediction of the visible vs thermal branches, per level.
 
-    Returns detection: list of (N, L_l) per anchor; segmentation: [(N, H, W)] per pixel.
+    Returns detection: list of (N, L_l) per anchor; segmentation: [(N, H, W)] per pixel. ``probabilities``:
+    :func:`modality_probabilities` of ``output`` when already computed.
     """
     class_dim = output.visible.class_dim
     return [
         prediction_inconsistency(p_v, p_t, class_dim=class_dim, reduction=reduction)
-        for p_v, p_t in zip(
-            branch_probabilities(output.visible), branch_probabilities(output.thermal), strict=True
-        )
+        for p_v, p_t in zip(*(probabilities or modality_probabilities(output)), strict=True)
     ]
 
 
