@@ -43,6 +43,8 @@ from model.train import PRIMARY_METRIC, TrainConfig, evaluate, fit
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
+#: Settings that may differ between sessions or processes of one simulation: what runs, and where.
+RUN_SETTINGS = frozenset({"strategies", "seeds", "device", "num_workers"})
 
 
 @dataclass
@@ -239,7 +241,7 @@ class Simulator:
         saved_config["image_size"] = list(saved_config["image_size"])
         current = {**fresh["config"], "image_size": list(fresh["config"]["image_size"])}
         # Strategies and seeds may grow between runs; everything else must match to resume.
-        keys = set(current) - {"strategies", "seeds", "device", "num_workers"}
+        keys = set(current) - RUN_SETTINGS
         changed = {k for k in keys if saved_config.get(k) != current[k]}
         if changed:
             raise ValueError(
@@ -539,7 +541,7 @@ def merge_results(parts: list[dict[str, Any]], *, elapsed_seconds: float | None 
     """
     if not parts:
         raise ValueError("nothing to merge")
-    ignored = {"seeds", "strategies", "device", "num_workers", "full_data_seeds", "full_data"}
+    ignored = RUN_SETTINGS | {"full_data_seeds", "full_data"}  # a part may hold no full-data model
     first = {k: v for k, v in parts[0]["config"].items() if k not in ignored}
     merged: dict[str, Any] = {
         **{k: v for k, v in parts[0].items() if k not in ("initial", "full_data", "runs", "sessions")},
