@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -171,7 +170,7 @@ def output_dirs(preset: str, task: str, device: str, out: Path | None = None) ->
     return PAPER_RESULTS / slug / task, CHECKPOINTS / f"paper-{slug}" / task
 
 
-def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: bool) -> Path:
+def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: bool = False) -> Path:
     """One process's share of a parallel run: a seed's strategies, or (``full``) the full-data reference."""
     folder = checkpoints / "parts" / part
     if part == "full":
@@ -192,6 +191,19 @@ def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: b
     return folder
 
 
+def _part_process(config: SimulationConfig, part: str, checkpoints: Path, threads: int | None) -> None:
+    """Body of one ``--parallel`` process: :func:`run_part`, its output in ``parts/<part>/log.txt``."""
+    log = (checkpoints / "parts" / part / "log.txt").open("a")
+    for stream in (1, 2):  # C-level output (torch's warnings) too, not only Python's
+        os.dup2(log.fileno(), stream)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_part(config, part, checkpoints)
+
+
 def run_parallel(
     preset: str, tasks: list[str], configs: dict[str, SimulationConfig], args: argparse.Namespace
 ) -> int:
@@ -199,6 +211,8 @@ def run_parallel(
 
     Returns the number of parts that failed (stopped at the deadline does not count: their finished cycles
     are kept and a later run resumes them)."""
+    # Spawned, not forked: the parent may hold a CUDA context; each child gets its config as an object.
+    context = multiprocessing.get_context("spawn")
     jobs = []
     for task in tasks:
         config = configs[task]
@@ -206,39 +220,28 @@ def run_parallel(
         parts = [f"seed{seed}" for seed in config.seeds] + (["full"] if config.full_data else [])
         for part in parts:
             (checkpoints / "parts" / part).mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, str(Path(__file__).resolve()), "--preset", preset, "--tasks", task]
-            command += ["--part", part, "--device", args.device, "--quiet", "--no-readme"]
-            if args.out:
-                command += ["--out", str(args.out)]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            if args.seeds:
-                command += ["--seeds", args.seeds]
-            if args.strategies:
-                command += ["--strategies", args.strategies]
-            if args.image_size:
-                command += ["--image-size", *map(str, args.image_size)]
-            log_file = (checkpoints / "parts" / part / "log.txt").open("a")
-            jobs.append((task, part, subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)))
+            process = context.Process(target=_part_process, args=(config, part, checkpoints, args.threads))
+            process.start()
+            jobs.append((task, part, process))
     started = time.perf_counter()
     deadline = started + args.deadline if args.deadline is not None else None
-    stopped: set[int] = set()
-    while any(process.poll() is None for _, _, process in jobs):
+    stopped: set[int | None] = set()
+    while any(process.is_alive() for _, _, process in jobs):
         if deadline is not None and time.perf_counter() > deadline:
             print(f"deadline of {args.deadline:.0f} s: stopping the parts still running", flush=True)
             for _, _, process in jobs:
-                if process.poll() is None:
+                if process.is_alive():
                     stopped.add(process.pid)
-                    process.send_signal(signal.SIGTERM)
-            for _, _, process in jobs:
-                process.wait()
+                    process.terminate()
             break
         time.sleep(2)
+    for _, _, process in jobs:
+        process.join()
     elapsed = time.perf_counter() - started
     failed = 0
     for task, part, process in jobs:
-        state = "stopped at the deadline" if process.pid in stopped else f"exit {process.returncode}"
-        failed += process.returncode != 0 and process.pid not in stopped
+        state = "stopped at the deadline" if process.pid in stopped else f"exit {process.exitcode}"
+        failed += process.exitcode != 0 and process.pid not in stopped
         print(f"{task} {part}: {state}", flush=True)
     for task in tasks:
         out, checkpoints = output_dirs(preset, task, args.device, args.out)
@@ -353,7 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the preset's image size"
     )
-    parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: one process of --parallel
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
@@ -373,12 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size:
         changes["image_size"] = tuple(args.image_size)
     configs = {task: replace(presets[task], **changes) for task in tasks}
-    if args.part:
-        if len(tasks) != 1 or not re.fullmatch(r"seed\d+|full", args.part):
-            parser.error("--part needs one task and seedN or full")
-        checkpoints = output_dirs(args.preset, tasks[0], args.device, args.out)[1]
-        run_part(configs[tasks[0]], args.part, checkpoints, not args.quiet)
-        return 0
     failed = run_parallel(args.preset, tasks, configs, args) if args.parallel else 0
     for task in [] if args.parallel else tasks:
         config = configs[task]
