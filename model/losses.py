@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import box_iou
 
 from model.config import NetConfig
 from model.data.sample import IGNORE_INDEX
@@ -82,14 +83,9 @@ def pad_boxes(targets: list[Target], device: torch.device) -> PaddedBoxes:
 
 
 def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
-    """IoU of (N, K, 4) boxes with (A, 4) anchors, both xyxy -> (N, K, A)."""
-    b = boxes[:, :, None, :]
-    top_left = torch.maximum(b[..., :2], anchors[:, :2])
-    bottom_right = torch.minimum(b[..., 2:], anchors[:, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    area_boxes = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(-1)[:, :, None]
-    area_anchors = (anchors[:, 2:] - anchors[:, :2]).clamp(min=0).prod(-1)
-    return inter / (area_boxes + area_anchors - inter).clamp(min=1e-9)
+    """IoU of (N, K, 4) boxes with (A, 4) anchors, both xyxy -> (N, K, A). Zero-size padding boxes get 0."""
+    count, most = boxes.shape[:2]
+    return box_iou(boxes.reshape(-1, 4), anchors).view(count, most, len(anchors))
 
 
 class SSDLoss(nn.Module):
