@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import benchutil
-import requests
 import torch
 
 from ls_backend.admin import read_label_config, write_synthetic_pairs
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n in names
         ]
         server = BackendServer(free_port(), env=env, log_path=root / "backend.log", threads=4)
-        with server, requests.Session() as session, ThreadPoolExecutor(1) as side:
+        with server, server.session() as session, ThreadPoolExecutor(1) as side:
             server.wait_ready(timeout=120)
 
             def body(chosen: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ request is at fault.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ls_backend.auth import configured_credentials
 from ls_backend.backend import BadRequest, RGBTBackend, project_key
 from ls_backend.images import FetchError
 from ls_backend.label_config import LabelConfigError
@@ -25,6 +25,13 @@ from ls_backend.registry import RegistryError
 from ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Longest path + query string served; longer ones get a JSON 414. `rgbt-al serve` lets gunicorn read request
+#: lines up to 8190 bytes (its maximum), so this app, not gunicorn's HTML page, answers such URLs.
+MAX_URL_BYTES = 4096
+
+#: HTTP methods counted by name in /metrics; any other is "other", so made-up methods add no series.
+_METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0)
 
@@ -40,6 +47,7 @@ class RequestMetrics:
         self.counts: dict[str, int] = defaultdict(int)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in _METRIC_METHODS else "other"
         with self._lock:
             self.requests[(method, route, status)] += 1
             self.sums[route] += seconds
@@ -114,22 +122,33 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["rgbt_backend"] = backend
     metrics = RequestMetrics()
+    credentials = configured_credentials(settings)
+    if credentials is None and not settings.allow_unauthenticated:
+        log.error(
+            "no credentials: every route but /health answers 401. Set BASIC_AUTH_USER and BASIC_AUTH_PASS, "
+            "start with `rgbt-al serve` (it generates them), or set ALLOW_UNAUTHENTICATED=true"
+        )
 
     @app.before_request
     def authenticate() -> Response | None:
         g.started = time.perf_counter()
-        if not settings.basic_auth_user or request.path == "/health":
+        raw_uri = request.environ.get("RAW_URI") or request.full_path
+        if len(raw_uri.encode("utf-8", "surrogateescape")) > MAX_URL_BYTES:
+            return jsonify(error=f"URL longer than {MAX_URL_BYTES} bytes"), 414
+        if request.path == "/health" or (credentials is None and settings.allow_unauthenticated):
             return None
         auth = request.authorization
-        good = (
-            auth is not None
+        if (
+            credentials is not None
+            and auth is not None
             and auth.type == "basic"
-            and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
-            and hmac.compare_digest(auth.password or "", settings.basic_auth_pass)
-        )
-        if good:
+            and credentials.matches(auth.username, auth.password)
+        ):
             return None
-        response = jsonify(error="authentication required")
+        message = "authentication required"
+        if credentials is None:
+            message += " (this backend has no credentials configured: see its log)"
+        response = jsonify(error=message)
         response.status_code = 401
         response.headers["WWW-Authenticate"] = 'Basic realm="rgbt-active-learning"'
         return response

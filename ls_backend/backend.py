@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ls_backend.convert import class_names_from_schema, prediction_payload
-from ls_backend.images import FetchError
+from ls_backend.images import FetchError, _origin
 from ls_backend.jobs import JobContext, set_context
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, TrainingRequest, get_runner, set_runner
@@ -54,6 +54,18 @@ class UnknownProject(BadRequest):
     status = 404
 
 
+class TooLarge(BadRequest):
+    """A label config over MAX_LABEL_CONFIG_BYTES."""
+
+    status = 413
+
+
+class TooManyProjects(BadRequest):
+    """A new project beyond MAX_PROJECTS."""
+
+    status = 403
+
+
 class ModelMismatch(BadRequest):
     """The project's current model cannot serve its label config (detection vs segmentation)."""
 
@@ -65,12 +77,15 @@ MAX_INITIAL_MODELS = 4
 
 
 def project_key(value: Any) -> str:
-    """Label Studio identifies projects as "<id>.<created timestamp>" in /setup and /predict, as ints in
-    webhooks; the registry keys them by the id alone."""
-    text = str(value).strip()
-    key = text.split(".", 1)[0]
+    """Label Studio identifies projects as "<id>.<created timestamp>" in /setup and /predict (the timestamp in
+    whole seconds: 10 digits or more), as ints in webhooks; the registry keys them by the id alone. Anything
+    else ("1.5", "1.", a float) is refused rather than read as another project."""
+    text = str(value).strip() if not isinstance(value, (bool, float)) else ""
+    key, dot, stamp = text.partition(".")
     # ASCII only: str.isdigit() also accepts "²" and other digits int() and the registry refuse.
-    if not (key.isascii() and key.isdigit() and len(key) <= 19):
+    good_key = key.isascii() and key.isdigit() and len(key) <= 19
+    good_stamp = not dot or (stamp.isascii() and stamp.isdigit() and 10 <= len(stamp) <= 19)
+    if not (good_key and good_stamp):
         raise BadRequest(
             f"project must be a Label Studio project id like '12' or '12.1700000000', got {value!r}"
         )
@@ -106,7 +121,7 @@ class RGBTBackend:
     ) -> dict[str, Any]:
         """Validate the project's config and remember how to reach Label Studio. Never loads a model:
         Label Studio gives /setup 3 seconds."""
-        schema_from_config(label_config)
+        self.checked_schema(label_config)
         hostname, access_token = hostname.strip(), access_token.strip()
         if hostname:
             try:
@@ -125,14 +140,46 @@ class RGBTBackend:
         self._remember(project, label_config, hostname, access_token)
         return {"model_version": self.model_version(project)}
 
+    def checked_schema(self, label_config: Any) -> ProjectSchema:
+        """The config's schema, within MAX_LABEL_CONFIG_BYTES (413) and MAX_CLASSES (400): a model grows with
+        its classes, so a config must not size one beyond what real datasets need."""
+        limit = self.settings.max_label_config_bytes
+        if isinstance(label_config, str) and len(label_config.encode("utf-8", "surrogatepass")) > limit:
+            raise TooLarge(f"label config larger than {limit} bytes (MAX_LABEL_CONFIG_BYTES)")
+        schema = schema_from_config(label_config)
+        classes = len(class_names_from_schema(schema))
+        if classes > self.settings.max_classes:
+            raise BadRequest(
+                f"label config has {classes} labels, more than MAX_CLASSES={self.settings.max_classes}"
+            )
+        return schema
+
     def _remember(self, project: str, label_config: str, hostname: str = "", access_token: str = "") -> None:
+        """Store the project's config and its way back to Label Studio.
+
+        A token belongs to the origin it came with: a new hostname never inherits the stored token. With
+        LABEL_STUDIO_URL set, that is the only origin; a /setup naming another is ignored with its token.
+        """
         known = self.registry.project(project)
-        info = ProjectInfo(
-            project=project,
-            label_config=label_config,
-            hostname=hostname or (known.hostname if known else ""),
-            access_token=access_token or (known.access_token if known else ""),
-        )
+        configured = self.settings.label_studio_url
+        if hostname and configured and _origin(hostname) != _origin(configured):
+            log.warning(
+                "project %s: /setup named Label Studio at %r; ignored with its token, LABEL_STUDIO_URL is "
+                "the only Label Studio origin",
+                project,
+                _origin(hostname),
+            )
+            hostname, access_token = "", ""
+        if hostname and (known is None or _origin(hostname) != _origin(known.hostname)):
+            token = access_token  # another origin: the stored token stays with the old one
+        else:
+            hostname = hostname or (known.hostname if known else "")
+            token = access_token or (known.access_token if known else "")
+        info = ProjectInfo(project=project, label_config=label_config, hostname=hostname, access_token=token)
+        if known is None and len(self.registry.projects()) >= self.settings.max_projects:
+            raise TooManyProjects(
+                f"this backend already serves {self.settings.max_projects} projects (MAX_PROJECTS)"
+            )
         if known != info:
             self.registry.save_project(info)
 
@@ -161,7 +208,7 @@ class RGBTBackend:
 
         All images are fetched before a model is loaded or built, so requests whose tasks all fail stay cheap.
         """
-        schema = schema_from_config(label_config)
+        schema = self.checked_schema(label_config)
         if self.registry.project(project) is None:
             self._remember(project, label_config)
         version = self.model_version(project)
@@ -216,6 +263,10 @@ class RGBTBackend:
     def _predictor(self, project: str, version: str, schema: ProjectSchema) -> Predictor:
         if version != INITIAL_VERSION:
             return self.context.predictor(project, version)
+        # Models are built only for projects stored through an authenticated (or opted-in) request, with a
+        # config that passed MAX_CLASSES; the registry holds only those.
+        if self.registry.project(project) is None:
+            raise UnknownProject(f"project {project} is not set up on this backend")
         # No trained version yet: answer with the initial network so Label Studio gets well-formed results.
         # Its random layers are seeded from the key, so "rgbt-initial" means the same weights in every
         # process and after the bounded cache dropped it.
@@ -243,7 +294,7 @@ class RGBTBackend:
         project = project_key(project_data["id"])
         label_config = project_data.get("label_config")
         if label_config is not None and label_config != "":
-            schema_from_config(label_config)  # LabelConfigError (400) for a non-string too
+            self.checked_schema(label_config)  # LabelConfigError (400) for a non-string too
             self._remember(project, label_config)
         elif self.registry.project(project) is None:
             raise UnknownProject(

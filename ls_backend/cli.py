@@ -37,9 +37,24 @@ def _size(text: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------ backend
 def cmd_serve(args: argparse.Namespace) -> int:
+    from ls_backend.auth import credentials_path, ensure_credentials
+
     settings = Settings.from_env()
     host = args.host or settings.host
     port = args.port or settings.port
+    credentials, created = ensure_credentials(settings)
+    if created and credentials is not None:
+        # Printed once, as Label Studio prints its first admin's: the admin gives them to Label Studio's ML
+        # backend connection (Basic auth) or `rgbt-al project --backend-user/--backend-password`.
+        print(
+            "\n  Generated basic-auth credentials for this backend (kept in "
+            f"{credentials_path(settings)}, mode 0600):\n"
+            f"    user:     {credentials.user}\n    password: {credentials.password}\n"
+            "  Give them to Label Studio's ML backend connection (Authentication: Basic).\n",
+            flush=True,
+        )
+    elif credentials is None:
+        log.warning("ALLOW_UNAUTHENTICATED=true: every route answers without authentication")
     command = [
         sys.executable,
         "-m",
@@ -54,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "120",  # Label Studio waits up to 100 s for /predict
         "--graceful-timeout",
         "30",
+        # gunicorn's largest request line (its default 4094 answers a long URL with an HTML 414); the app
+        # refuses URLs over MAX_URL_BYTES itself, with a JSON error.
+        "--limit-request-line",
+        "8190",
         "--access-logfile",
         "-",
         "ls_backend.app:create_app()",

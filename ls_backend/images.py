@@ -142,9 +142,14 @@ class UpstreamError(FetchError):
     status = 502
 
 
+_USERINFO = re.compile(r"(//)[^/?#]*@")
+
+
 def _display(url: str) -> str:
-    """The URL for messages and logs: query strings dropped (presigned URLs carry credentials), except
-    Label Studio's own ``d=`` / ``fileuri=`` parameters, which name the file."""
+    """The URL for messages and logs: user and password (``user:pass@host``) and query strings dropped
+    (presigned URLs carry credentials), except Label Studio's own ``d=`` / ``fileuri=`` parameters, which name
+    the file."""
+    url = _USERINFO.sub(r"\1***@", url, count=1)
     if len(url) > 300:
         url = url[:300] + "..."
     try:
@@ -459,6 +464,10 @@ class ImageFetcher:
         cache_dir: on-disk cache folder; None disables caching.
         cache_max_bytes: size bound of the cache.
         timeout: seconds to connect and between received bytes.
+        studio_trusted: whether the admin configured Label Studio's origin (LABEL_STUDIO_URL). When it came
+            from a ``/setup`` caller instead, what happened on the way to it (refused, timed out, HTTP
+            status, not an image) is logged but answered with one generic message, so the backend cannot
+            be used to probe which hosts and ports answer.
         reject_mismatched: raise :class:`PairSizeMismatch` for pairs of different sizes instead of resizing
             the thermal image to the RGB size.
     """
@@ -475,8 +484,10 @@ class ImageFetcher:
         cache_max_bytes: int = 2 * 1024**3,
         timeout: float = 30.0,
         reject_mismatched: bool = False,
+        studio_trusted: bool = True,
     ) -> None:
         self.studio = studio
+        self.studio_trusted = studio_trusted
         self.allowed_hosts = tuple(allowed_hosts)
         self.local_root = Path(local_root).resolve() if local_root is not None else None
         self.max_bytes = int(max_bytes)
@@ -493,9 +504,29 @@ class ImageFetcher:
         kind, target = self._route(url)
         if kind == "local":
             return self._read_local(target)
-        if kind == "cloud":
-            return self._cached(target, lambda: self._fetch_cloud(target, task_id))
-        return self._cached(target, lambda: self._get(target, display=url, studio=kind == "studio"))
+        with self._opaque(kind, url):
+            if kind == "cloud":
+                return self._cached(target, lambda: self._fetch_cloud(target, task_id))
+            return self._cached(target, lambda: self._get(target, display=url, studio=kind == "studio"))
+
+    @contextlib.contextmanager
+    def _opaque(self, kind: str, url: str) -> Iterator[None]:
+        """Failures on the way to a Label Studio origin a ``/setup`` caller named, as one generic error."""
+        try:
+            yield
+        except FetchError as error:
+            if (
+                kind not in ("studio", "cloud")
+                or self.studio_trusted
+                or self.studio is None
+                or isinstance(error, BadImageURL)  # refused before any connection: nothing to learn
+            ):
+                raise
+            log.warning("image URL %s: %s", _display(url), error)
+            raise UpstreamError(
+                f"image URL {_display(url)!r}: Label Studio did not serve it (details in the backend's log)",
+                url=url,
+            ) from error
 
     def forget(self, url: str) -> None:
         """Drop a URL's cached bytes (e.g. they did not decode, so they must not be served again)."""
@@ -745,7 +776,9 @@ class ImageFetcher:
         parts = urlsplit(url)
         if parts.scheme.lower() == "file":
             if parts.netloc not in ("", "localhost"):
-                raise ForbiddenImageURL(f"image URL {url!r}: file URLs on other hosts are refused", url=url)
+                raise ForbiddenImageURL(
+                    f"image URL {_display(url)!r}: file URLs on other hosts are refused", url=url
+                )
             raw = unquote(parts.path)
         else:
             raw = url
@@ -782,17 +815,20 @@ class ImageFetcher:
     def load_image(self, url: str, task_id: int | None, *, thermal: bool) -> np.ndarray:
         """Fetch and decode one image: (H, W, 3) uint8 RGB or (H, W) uint8 thermal."""
         data = self.fetch_bytes(url, task_id)
-        try:
-            # load_* decode through decode_image, which checks the header's pixel count before decoding.
-            load = load_thermal if thermal else load_rgb
-            return load(data, max_pixels=self.max_pixels)
-        except ImageTooLargeError as error:
-            raise ImageTooLarge(f"image URL {_display(url)!r}: {error}", url=url) from error
-        except ImageDecodeError as error:
-            self.forget(url)  # do not keep serving a truncated or wrong body
-            raise NotAnImage(
-                f"image URL {_display(url)!r} is not a readable image: {error}", url=url
-            ) from error
+        kind = self._route(url)[0]
+        # Whether a caller-named host answered with an image or not is no more visible than how it failed.
+        with self._opaque(kind, url):
+            try:
+                # load_* decode through decode_image, which checks the header's pixel count before decoding.
+                load = load_thermal if thermal else load_rgb
+                return load(data, max_pixels=self.max_pixels)
+            except ImageTooLargeError as error:
+                raise ImageTooLarge(f"image URL {_display(url)!r}: {error}", url=url) from error
+            except ImageDecodeError as error:
+                self.forget(url)  # do not keep serving a truncated or wrong body
+                raise NotAnImage(
+                    f"image URL {_display(url)!r} is not a readable image: {error}", url=url
+                ) from error
 
     def load_pair(
         self, task_data: Mapping[str, Any], schema: ProjectSchema, task_id: int | None = None

@@ -28,7 +28,7 @@ from ls_backend.convert import (
     latest_annotation,
     prediction_payload,
 )
-from ls_backend.images import FetchError, ImageFetcher
+from ls_backend.images import FetchError, ImageFetcher, _origin
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import current_job_id, get_runner, report_progress
 from ls_backend.registry import ModelRegistry, RegistryError
@@ -64,10 +64,18 @@ class JobContext:
         self.registry = ModelRegistry(self.settings.model_dir)
 
     def connection(self, project: str) -> tuple[str, str]:
-        """(Label Studio URL, token) for a project: the settings' when set, else what `/setup` received."""
+        """(Label Studio URL, token) for a project. With LABEL_STUDIO_URL set: that URL, with
+        LABEL_STUDIO_API_KEY or else a token `/setup` sent from that same origin. Without: the hostname and
+        token `/setup` sent together. A token never goes to another origin than the one it came with."""
         info = self.registry.project(project)
-        url = self.settings.label_studio_url or (info.hostname if info else "")
-        token = self.settings.label_studio_api_key or (info.access_token if info else "")
+        if self.settings.label_studio_url:
+            url = self.settings.label_studio_url
+            token = self.settings.label_studio_api_key
+            same_origin = info is not None and (not info.hostname or _origin(info.hostname) == _origin(url))
+            if not token and info is not None and same_origin:
+                token = info.access_token
+        else:
+            url, token = (info.hostname, info.access_token) if info is not None else ("", "")
         if not url or not token:
             raise JobError(
                 f"project {project}: no way to reach Label Studio (set LABEL_STUDIO_URL and "
@@ -102,6 +110,7 @@ class JobContext:
             cache_dir=s.cache_dir,
             cache_max_bytes=s.image_cache_bytes,
             reject_mismatched=s.reject_mismatched_pairs,
+            studio_trusted=bool(s.label_studio_url),
         )
 
     def schema(self, project: str) -> ProjectSchema:

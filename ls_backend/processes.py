@@ -4,6 +4,7 @@ end-to-end tests and the benchmarks. Each runs in its own process group with its
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -116,14 +117,31 @@ def rgbt_al_command(*args: str) -> list[str]:
 
 
 class BackendServer(ManagedProcess):
-    """`rgbt-al serve` on ``host:port``; configuration through ``env`` (see ls_backend/settings.py)."""
+    """`rgbt-al serve` on ``host:port``; configuration through ``env`` (see ls_backend/settings.py).
+
+    The backend requires basic auth by default: unless ``env`` sets BASIC_AUTH_USER or ALLOW_UNAUTHENTICATED,
+    a random user and password are added to it. :attr:`auth` holds them (None when open on purpose);
+    :meth:`session` is a ``requests`` session that sends them.
+    """
 
     def __init__(
         self, port: int, *, env: Mapping[str, str], log_path: Path, host: str = "127.0.0.1", threads: int = 8
     ) -> None:
         args = rgbt_al_command("serve", "--host", host, "--port", str(port), "--threads", str(threads))
+        env = dict(env)
+        self.auth: tuple[str, str] | None = None
+        if env.get("BASIC_AUTH_USER"):
+            self.auth = (env["BASIC_AUTH_USER"], env.get("BASIC_AUTH_PASS", ""))
+        elif env.get("ALLOW_UNAUTHENTICATED", "").strip().lower() not in ("1", "true", "yes", "on"):
+            self.auth = ("rgbt-al", secrets.token_urlsafe(16))
+            env.update(BASIC_AUTH_USER=self.auth[0], BASIC_AUTH_PASS=self.auth[1])
         super().__init__(args, env=env, log_path=log_path, name=f"backend on {host}:{port}")
         self.url = f"http://{host}:{port}"
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.auth = self.auth
+        return session
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         self.wait_until(

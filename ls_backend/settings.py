@@ -63,14 +63,15 @@ class Settings:
     label_studio_url: str = _setting(
         "LABEL_STUDIO_URL",
         "",
-        "Base URL of Label Studio as this backend reaches it. Empty: the `hostname` Label Studio sends to "
-        "`/setup` is used.",
+        "Base URL of Label Studio as this backend reaches it. When set, it is the only Label Studio origin: "
+        "a different `hostname` sent to `/setup` is ignored (and logged). Empty: the `hostname` Label Studio "
+        "sends to `/setup` is used, with the `access_token` that came with it.",
     )
     label_studio_api_key: str = _setting(
         "LABEL_STUDIO_API_KEY",
         "",
-        "Label Studio token: a personal access token (JWT refresh token) or a legacy token. Empty: the "
-        "`access_token` Label Studio sends to `/setup` is used.",
+        "Label Studio token: a personal access token (JWT refresh token) or a legacy token. Sent to "
+        "LABEL_STUDIO_URL only (needs it). Empty: the `access_token` Label Studio sends to `/setup` is used.",
         secret=True,
     )
     # --- Storage and jobs
@@ -103,11 +104,36 @@ class Settings:
     port: int = _setting("PORT", 9090, "Port `rgbt-al serve` binds.")
     server_threads: int = _setting("SERVER_THREADS", 8, "gunicorn threads of the single server worker.")
     basic_auth_user: str = _setting(
-        "BASIC_AUTH_USER", "", "With BASIC_AUTH_PASS: require HTTP basic auth on every route but /health."
+        "BASIC_AUTH_USER",
+        "",
+        "HTTP basic auth user required on every route but /health. Empty (and ALLOW_UNAUTHENTICATED off): "
+        "`rgbt-al serve` generates a user and password on its first start, keeps them in "
+        "`<MODEL_DIR>/.basic-auth.json` (mode 0600) and prints them once.",
     )
     basic_auth_pass: str = _setting("BASIC_AUTH_PASS", "", "Password for BASIC_AUTH_USER.", secret=True)
+    allow_unauthenticated: bool = _setting(
+        "ALLOW_UNAUTHENTICATED",
+        False,
+        "Serve every route without authentication, on purpose (a trusted network only). Off: requests "
+        "without the basic-auth credentials get 401.",
+    )
     max_request_bytes: int = _setting(
         "MAX_REQUEST_BYTES", 64 * 1024 * 1024, "Largest request body accepted (413 above)."
+    )
+    max_projects: int = _setting(
+        "MAX_PROJECTS",
+        1000,
+        "Projects this backend keeps (a `project.json` each, written by `/setup`, `/predict`, `/webhook`); a "
+        "new project beyond it gets 403.",
+    )
+    max_label_config_bytes: int = _setting(
+        "MAX_LABEL_CONFIG_BYTES", 512 * 1024, "Largest label config accepted and stored (413 above)."
+    )
+    max_classes: int = _setting(
+        "MAX_CLASSES",
+        1000,
+        "Most labels (classes) a project's config may have; the model grows with them (about 1.6 MB of "
+        "weights per class at MODEL_WIDTH=1). More get 400.",
     )
     # --- Images
     allowed_image_hosts: tuple[str, ...] = _setting(
@@ -171,6 +197,12 @@ class Settings:
         "HOLDOUT_FRACTION", 0.2, "Share of labelled tasks held out to evaluate each new version."
     )
     min_train_tasks: int = _setting("MIN_TRAIN_TASKS", 2, "Labelled tasks needed before training starts.")
+    train_failure_backoff: float = _setting(
+        "TRAIN_FAILURE_BACKOFF",
+        30.0,
+        "Seconds the next training job of a project waits after one failed (doubling with every failure "
+        "in a row, at most an hour); the webhook events meanwhile join that one deferred job.",
+    )
     # --- Pool scoring and priorities
     score_batch_size: int = _setting("SCORE_BATCH_SIZE", 16, "Pairs per forward pass in pool scoring.")
     score_shard_size: int = _setting(
@@ -204,11 +236,29 @@ class Settings:
     def validate(self) -> None:
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        if self.allow_unauthenticated and self.basic_auth_user:
+            raise SettingsError(
+                "ALLOW_UNAUTHENTICATED=true and BASIC_AUTH_USER are both set: choose one (credentials, or "
+                "open on purpose)"
+            )
+        if self.label_studio_api_key and not self.label_studio_url:
+            # The key is the admin's: it must never go to a host a /setup caller names.
+            raise SettingsError("LABEL_STUDIO_API_KEY needs LABEL_STUDIO_URL, the only origin it is sent to")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise SettingsError("HOLDOUT_FRACTION must be in [0, 1)")
         if self.worker_lease_seconds < 2:
             raise SettingsError("WORKER_LEASE_SECONDS must be >= 2")
-        for name in ("train_every_n_annotations", "train_epochs", "push_page_size", "score_shard_size"):
+        if self.train_failure_backoff < 0:
+            raise SettingsError("TRAIN_FAILURE_BACKOFF must be >= 0")
+        for name in (
+            "train_every_n_annotations",
+            "train_epochs",
+            "push_page_size",
+            "score_shard_size",
+            "max_projects",
+            "max_label_config_bytes",
+            "max_classes",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")
 

@@ -90,6 +90,7 @@ def test_annotations_retrain_and_the_queue_serves_the_most_inconsistent_pair(
         tasks=tasks_from_folder(pairs_dir, schema, label_studio.files_root),
         storage_folder=pairs_dir,
         backend_url=backend.url,
+        basic_auth=backend.auth,  # Label Studio's ML backend connection sends them (auth_method=BASIC_AUTH)
     )
     project_id = setup.project_id
     assert setup.imported_tasks == PAIRS and setup.ml_backend_id is not None
@@ -115,7 +116,7 @@ def test_annotations_retrain_and_the_queue_serves_the_most_inconsistent_pair(
         what="a trained version to be served",
     )
     assert registry.current_version(str(project_id)) == version
-    jobs = requests.get(backend.url + "/jobs", timeout=10).json()["jobs"]
+    jobs = requests.get(backend.url + "/jobs", auth=backend.auth, timeout=10).json()["jobs"]
     training = [j for j in jobs if "train" in j["description"] and j["status"] == "finished"]
     assert len(training) == 1, jobs  # six events coalesced into one job
 

@@ -218,7 +218,7 @@ def test_redis_restart_keeps_predict_answering_and_the_next_event_enqueues(
     with redis, backend, worker:
         redis.wait_ready()
         backend.wait_ready()
-        session = requests.Session()
+        session = backend.session()
         assert session.post(backend.url + "/webhook", json=event, timeout=30).json()["status"] == "counted"
         wait_for(
             lambda: worker.check_alive() or "Listening on" in worker.log_path.read_text(),

@@ -414,13 +414,20 @@ def test_import_predictions_retries_server_errors(
 
 
 # ------------------------------------------------------------------------------------------ ML backend
+#: The backend's basic-auth credentials in these tests (required by default).
+BACKEND_AUTH = ("studio", "s3cret-backend")
+
+
 @pytest.fixture
 def ml_backend(label_studio: LabelStudioServer, tmp_path: Path) -> Iterator[str]:
-    """This project's ML backend (the Flask app, embedded jobs), served from a thread; yields its URL."""
+    """This project's ML backend (the Flask app, embedded jobs, basic auth BACKEND_AUTH), served from a
+    thread; yields its URL."""
     settings = Settings.from_env(
         {},
         label_studio_url=label_studio.url,
         label_studio_api_key=label_studio.token,
+        basic_auth_user=BACKEND_AUTH[0],
+        basic_auth_pass=BACKEND_AUTH[1],
         model_dir=tmp_path / "models",
         model_width=0.125,
         model_image_size=(64, 80),
@@ -440,7 +447,15 @@ def test_ml_backend_connect_retrieve_predictions_and_train(
     studio: StudioClient, image_project: dict, ml_backend: str
 ) -> None:
     project_id = image_project["id"]
-    connected = studio.connect_ml_backend(project_id, ml_backend, title="rgbt-al e2e")
+    # The backend requires basic auth: Label Studio's /setup call without it is refused, so is the connection.
+    with pytest.raises(StudioError) as refused:
+        studio.connect_ml_backend(project_id, ml_backend, title="no credentials")
+    assert refused.value.status == 400, refused.value
+    assert studio.list_ml_backends(project_id) == []
+    connected = studio.connect_ml_backend(
+        project_id, ml_backend, title="rgbt-al e2e", auth_user=BACKEND_AUTH[0], auth_pass=BACKEND_AUTH[1]
+    )
+    assert connected["auth_method"] == "BASIC_AUTH"
     assert connected["url"] == ml_backend and connected["project"] == project_id
     assert [b["id"] for b in studio.list_ml_backends(project_id)] == [connected["id"]]
     # Connecting gives a project without a model version the backend's title (DESIGN.md section 3).

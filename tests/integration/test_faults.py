@@ -117,14 +117,14 @@ def test_webhook_storm_makes_one_training_job(stack: Stack) -> None:
                 job_ids.add(body["job_id"])
 
     def burst(indices: range) -> None:
-        with requests.Session() as session:
+        with stack.server.session() as session:
             session.get(stack.server.url + "/health", timeout=30)  # connected before the start line
             start_line.wait()
             for index in indices:
                 send(session, index)
 
     started = time.perf_counter()
-    with requests.Session() as session:
+    with stack.server.session() as session:
         for index in range(threshold - 1):  # one short of the threshold: counted, nothing enqueued
             send(session, index)
     # The rest from 16 connections released together: the threshold is crossed by concurrent requests.
@@ -188,7 +188,7 @@ def test_model_swap_under_predict_load(stack: Stack) -> None:
     failures: list[str] = []
 
     def client(index: int) -> None:
-        with requests.Session() as session:
+        with stack.server.session() as session:
             for _ in range(cap):
                 if stop.is_set():
                     return

@@ -61,7 +61,8 @@ IMAGE_SIZE = (64, 80)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings for one test: its own model dir, image root and cache; a tiny CPU model; no retries."""
+    """Settings for one test: its own model dir, image root and cache; a tiny CPU model; no retries. Open
+    on purpose (ALLOW_UNAUTHENTICATED) unless the test sets credentials: the auth tests say what they need."""
     images = tmp_path / "images"
     images.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
@@ -77,6 +78,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "prediction_score_threshold": 0.0,
         "log_level": "WARNING",
     }
+    if "basic_auth_user" not in overrides:
+        values["allow_unauthenticated"] = True
     values.update(overrides)
     return Settings.from_env({}, **values)
 

@@ -337,7 +337,8 @@ def test_when_every_task_fails_the_request_fails(trained: AppUnderTest):
     response = predict(trained, {"rgb": "missing.png", "thermal": "x.png"}, {})
     assert "does not exist" in assert_json_error(response, 404)
     # For a project without a trained version, no initial network is built for a request that fails.
-    body = predict_body([{"id": 1, "data": {"rgb": "missing.png", "thermal": "x.png"}}], project="9.1")
+    tasks = [{"id": 1, "data": {"rgb": "missing.png", "thermal": "x.png"}}]
+    body = predict_body(tasks, project="9.1700000000")
     assert_json_error(trained.client.post("/predict", json=body), 404)
     assert not trained.backend._initial
 

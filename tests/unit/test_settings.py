@@ -42,7 +42,12 @@ def test_bad_values_name_the_variable(env, message):
 
 def test_secrets_masked_and_table_lists_every_variable():
     settings = Settings.from_env(
-        {"LABEL_STUDIO_API_KEY": "abc", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}
+        {
+            "LABEL_STUDIO_URL": "http://ls:8080",
+            "LABEL_STUDIO_API_KEY": "abc",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "p",
+        }
     )
     public = settings.public()
     assert public["LABEL_STUDIO_API_KEY"] == "***" and public["BASIC_AUTH_PASS"] == "***"
