@@ -235,10 +235,15 @@ def connect_backend(
     *,
     basic_auth: tuple[str, str] | None = None,
 ) -> int:
-    """Connect ``url`` as the project's ML backend (reusing an existing connection); returns its id."""
+    """Connect ``url`` as the project's ML backend (reusing an existing connection, given ``basic_auth`` when
+    set: the backend's credentials may have changed); returns its id."""
     wanted = url.rstrip("/")
     for backend in studio.list_ml_backends(project_id):
         if str(backend.get("url", "")).rstrip("/") == wanted:
+            if basic_auth is not None and (
+                backend.get("auth_method") != "BASIC_AUTH" or backend.get("basic_auth_user") != basic_auth[0]
+            ):
+                studio.set_ml_backend_auth(int(backend["id"]), *basic_auth)
             return int(backend["id"])
     user, password = basic_auth or (None, None)
     backend = studio.connect_ml_backend(project_id, wanted, title, auth_user=user, auth_pass=password)

@@ -76,18 +76,23 @@ def _redis_answers(url: str | None) -> bool:
 
 
 def _credentials(data_dir: Path) -> dict[str, str]:
-    """The demo account, kept in the data folder so a second run logs into the same database."""
+    """The demo account and the backend's basic-auth credentials, kept in the data folder so a second run
+    logs into the same database and Label Studio's ML backend connection keeps working."""
     path = data_dir / "credentials.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    stored = json.loads(path.read_text()) if path.exists() else {}
     credentials = {
         "username": "demo@rgbt-al.local",
         "password": secrets.token_urlsafe(9),
         "token": secrets.token_hex(20),
+        "backend_user": "rgbt-al",
+        "backend_password": secrets.token_urlsafe(18),
+        **stored,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(credentials))
-    path.chmod(0o600)
+    if credentials != stored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(0o600)
+        path.chmod(0o600)
+        path.write_text(json.dumps(credentials))
     return credentials
 
 
@@ -119,6 +124,9 @@ def run_demo(options: DemoOptions) -> int:
     settings = {
         "LABEL_STUDIO_URL": f"http://127.0.0.1:{options.label_studio_port}",
         "LABEL_STUDIO_API_KEY": credentials["token"],
+        # The backend requires basic auth; the demo connects it to Label Studio with these.
+        "BASIC_AUTH_USER": credentials["backend_user"],
+        "BASIC_AUTH_PASS": credentials["backend_password"],
         "MODEL_DIR": str(data_dir / "models"),
         "MODEL_WIDTH": str(options.width),
         "MODEL_IMAGE_SIZE": f"{options.image_size[0]}x{options.image_size[1]}",
@@ -154,6 +162,7 @@ def run_demo(options: DemoOptions) -> int:
                 tasks=tasks_from_folder(pairs_dir, schema, files_root),
                 storage_folder=pairs_dir,
                 backend_url=backend.url,
+                basic_auth=backend.auth,
             )
             project_id = setup.project_id
             _say(f"annotating a random initial set of {options.initial} pairs (generator ground truth)")
@@ -161,7 +170,13 @@ def run_demo(options: DemoOptions) -> int:
             studio.train(setup.ml_backend_id)  # START_TRAINING: train now, whatever the count
         else:
             project_id = int(project["id"])
-            set_up_project(studio, project_id=project_id, label_config=label_config, backend_url=backend.url)
+            set_up_project(
+                studio,
+                project_id=project_id,
+                label_config=label_config,
+                backend_url=backend.url,
+                basic_auth=backend.auth,
+            )
             _say(f"reusing project {project_id}")
         _say("training on the labelled pairs, then scoring the pool (a few minutes on a CPU)")
 

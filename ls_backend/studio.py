@@ -772,6 +772,20 @@ class StudioClient:
             retry=False,
         )
 
+    def set_ml_backend_auth(self, ml_backend_id: int, auth_user: str, auth_pass: str) -> dict[str, Any]:
+        """Give an existing ML backend connection basic-auth credentials (``PATCH /api/ml/{id}``)."""
+        return self._sdk(
+            "PATCH",
+            f"api/ml/{ml_backend_id}",
+            lambda o: self.sdk.ml.update(
+                int(ml_backend_id),
+                auth_method="BASIC_AUTH",
+                basic_auth_user=auth_user,
+                basic_auth_pass=auth_pass,
+                request_options=o,
+            ),
+        )
+
     def list_ml_backends(self, project_id: int) -> list[dict[str, Any]]:
         return self._sdk(
             "GET", "api/ml/", lambda o: self.sdk.ml.list(project=int(project_id), request_options=o)
