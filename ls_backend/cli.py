@@ -161,6 +161,19 @@ def _studio_from(args: argparse.Namespace):
     return StudioClient(url, token)
 
 
+def _own_backend_credentials() -> tuple[str, str] | None:
+    """The basic-auth credentials of the backend configured here (BASIC_AUTH_* or the ones `rgbt-al serve`
+    generated under MODEL_DIR), so `rgbt-al project` run beside the backend (e.g. `docker compose exec
+    backend ...`) connects it to Label Studio with them."""
+    from ls_backend.auth import configured_credentials
+
+    try:
+        credentials = configured_credentials(Settings.from_env())
+    except SettingsError:
+        return None
+    return (credentials.user, credentials.password) if credentials else None
+
+
 def cmd_project(args: argparse.Namespace) -> int:
     from ls_backend.admin import (
         AdminError,
@@ -188,6 +201,8 @@ def cmd_project(args: argparse.Namespace) -> int:
         basic_auth = None
         if args.backend_user or args.backend_password:
             basic_auth = (args.backend_user or "", args.backend_password or "")
+        elif args.backend_url:
+            basic_auth = _own_backend_credentials()
         setup = set_up_project(
             _studio_from(args),
             label_config=label_config,
@@ -464,7 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--tasks", help="JSON list of tasks with the config's two image URL keys")
     project.add_argument("--document-root", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT (with --images)")
     project.add_argument("--backend-url", help="this backend's URL as Label Studio reaches it")
-    project.add_argument("--backend-user", help="basic-auth user of the backend, if it has one")
+    project.add_argument(
+        "--backend-user",
+        help="basic-auth user of the backend (default: BASIC_AUTH_USER, or the credentials `rgbt-al serve` "
+        "generated under MODEL_DIR)",
+    )
     project.add_argument("--backend-password", help="basic-auth password of the backend")
     project.add_argument("--train", action="store_true", help="start a training round now")
     project.add_argument("--label-studio-url", help="default: LABEL_STUDIO_URL")
