@@ -32,7 +32,7 @@ from ls_backend.admin import (
 )
 from ls_backend.processes import BackendServer, Worker, child_env
 from ls_backend.studio import StudioClient
-from ls_backend.studio_server import LabelStudioServer, ensure_label_studio
+from ls_backend.studio_server import LabelStudioServer, ensure_database_template, ensure_label_studio
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,8 @@ def run_demo(options: DemoOptions) -> int:
         username=credentials["username"],
         password=credentials["password"],
         token=credentials["token"],
+        # A migrated empty database, made once per install: the first start takes seconds, not minutes.
+        database_template=ensure_database_template(executable),
     )
     use_redis = _redis_answers(options.redis_url)
     settings = {
