@@ -3,7 +3,10 @@
 Both runners expose the same small interface (:class:`JobRunner`), run the same job functions (given by
 dotted name, so RQ workers can import them) and coalesce training requests the same way: at most one pending
 training job per project; webhook events are counted and a job is enqueued when ``TRAIN_EVERY_N_ANNOTATIONS``
-of them have arrived, or at once on an explicit request.
+of them have arrived, or at once on an explicit request. A failed training job backs its project off: the next
+one is deferred by ``TRAIN_FAILURE_BACKOFF`` seconds, doubling with every failure in a row (at most
+:data:`MAX_TRAIN_BACKOFF`), and the events meanwhile join that deferred job, so an unreachable Label Studio
+costs a few failed jobs an hour, not one per threshold of events.
 """
 
 from __future__ import annotations
@@ -32,6 +35,19 @@ from ls_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 TRAIN_JOB = "ls_backend.jobs.train_project"
+
+#: The longest a project's next training job is deferred after failures in a row (seconds).
+MAX_TRAIN_BACKOFF = 3600.0
+
+
+_BACKOFF_MESSAGE = "project %s: training failed %d times in a row; the next training job waits %.0f s"
+
+
+def backoff_delay(base: float, failures: int) -> float:
+    """Seconds to defer the next training job after ``failures`` failed ones in a row."""
+    if base <= 0 or failures <= 0:
+        return 0.0
+    return min(MAX_TRAIN_BACKOFF, base * 2 ** min(failures - 1, 30))
 
 
 class QueueUnavailable(RuntimeError):
@@ -66,10 +82,11 @@ class JobState:
 class TrainingRequest:
     """The answer to a webhook: whether it started (or joined) a training job."""
 
-    status: str  # "enqueued" | "coalesced" | "counted"
+    status: str  # "enqueued" | "deferred" (after failed training: backoff_delay) | "coalesced" | "counted"
     job_id: str | None
     new_annotations: int
     threshold: int
+    not_before: str | None = None  # when a deferred job may start (ISO 8601, UTC)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +102,7 @@ class JobRunner(Protocol):
         job_id: str | None = None,
         depends_on: list[str] | None = None,
         description: str = "",
+        not_before: float | None = None,
     ) -> str: ...
 
     def request_training(self, project: str, *, force: bool, events: int = 1) -> TrainingRequest: ...
@@ -105,6 +123,10 @@ def resolve(func: str) -> Callable[..., Any]:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
 def new_job_id(kind: str, project: str) -> str:
@@ -167,6 +189,7 @@ class ThreadRunner:
         self._lock = threading.Lock()
         self._pending_training: dict[str, str] = {}
         self._annotation_counts: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # project -> (failed in a row, deferred until)
         self._history = history
         self._thread = threading.Thread(target=self._work, name="rgbt-al-jobs", daemon=True)
         self._thread.start()
@@ -181,13 +204,15 @@ class ThreadRunner:
         job_id: str | None = None,
         depends_on: list[str] | None = None,
         description: str = "",
+        not_before: float | None = None,
     ) -> str:
         resolve(func)  # fail now, not in the thread, if the name is wrong
+        delay = max(0.0, not_before - time.time()) if not_before is not None else 0.0
         job_id = job_id or new_job_id(func.rsplit(".", 1)[-1], "x")
         state = JobState(
             id=job_id,
             func=func,
-            status="queued",
+            status="scheduled" if delay > 0 else "queued",
             description=description,
             enqueued_at=_now(),
             retries_left=self.settings.job_retries,
@@ -196,11 +221,24 @@ class ThreadRunner:
             self._jobs[job_id] = _ThreadJob(state, args, list(depends_on or []))
             while len(self._jobs) > self._history:
                 oldest = next(iter(self._jobs))
-                if self._jobs[oldest].state.status in ("queued", "started"):
+                if self._jobs[oldest].state.status in ("queued", "scheduled", "started"):
                     break
                 self._jobs.pop(oldest)
-        self._queue.put(job_id)
+        if delay > 0:
+            timer = threading.Timer(delay, self._release_scheduled, args=(job_id,))
+            timer.daemon = True
+            timer.start()
+        else:
+            self._queue.put(job_id)
         return job_id
+
+    def _release_scheduled(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.state.status != "scheduled":
+                return
+            job.state.status = "queued"
+        self._queue.put(job_id)
 
     def _work(self) -> None:
         while True:
@@ -254,7 +292,19 @@ class ThreadRunner:
                 _progress_sink.reset(token)
                 _current_job.reset(job_token)
                 state.ended_at = _now()
+            if state.func == self.train_job and job.args:
+                self._training_ended(str(job.args[0]), failed=state.status == "failed")
             return
+
+    def _training_ended(self, project: str, *, failed: bool) -> None:
+        with self._lock:
+            if not failed:
+                self._failures.pop(project, None)
+                return
+            failures = self._failures.get(project, (0, 0.0))[0] + 1
+            delay = backoff_delay(self.settings.train_failure_backoff, failures)
+            self._failures[project] = (failures, time.time() + delay)
+        log.warning(_BACKOFF_MESSAGE, project, failures, delay)
 
     def request_training(self, project: str, *, force: bool, events: int = 1) -> TrainingRequest:
         threshold = self.settings.train_every_n_annotations
@@ -265,7 +315,7 @@ class ThreadRunner:
             if (
                 pending is not None
                 and self._jobs.get(pending)
-                and self._jobs[pending].state.status == "queued"
+                and self._jobs[pending].state.status in ("queued", "scheduled")
             ):
                 return TrainingRequest("coalesced", pending, count, threshold)
             if not force and count < threshold:
@@ -273,7 +323,17 @@ class ThreadRunner:
             job_id = new_job_id("train", project)
             self._pending_training[project] = job_id
             self._annotation_counts[project] = 0
-        self.enqueue(self.train_job, project, job_id=job_id, description=f"train project {project}")
+            until = self._failures.get(project, (0, 0.0))[1]
+        deferred = until > time.time()
+        self.enqueue(
+            self.train_job,
+            project,
+            job_id=job_id,
+            description=f"train project {project}",
+            not_before=until if deferred else None,
+        )
+        if deferred:
+            return TrainingRequest("deferred", job_id, count, threshold, _iso(until))
         return TrainingRequest("enqueued", job_id, count, threshold)
 
     def release_training(self, project: str, job_id: str) -> None:
@@ -343,25 +403,37 @@ class RQRunner:
         job_id: str | None = None,
         depends_on: list[str] | None = None,
         description: str = "",
+        not_before: float | None = None,
     ) -> str:
-        from rq import Retry
+        from rq import Callback, Retry
 
         resolve(func)
         retries = self.settings.job_retries
         delay = self.settings.job_retry_delay
         retry = Retry(max=retries, interval=[int(delay * 2**i) for i in range(retries)]) if retries else None
+        options: dict[str, Any] = {}
+        if func == self.train_job:
+            # The worker reports how training ended, for the project's backoff (see training_failed).
+            options = {
+                "on_success": Callback(training_succeeded),
+                "on_failure": Callback(training_failed),
+                "meta": {"failure_backoff": self.settings.train_failure_backoff},
+            }
+        kwargs = dict(
+            job_id=job_id,
+            depends_on=depends_on or None,
+            description=description or func,
+            job_timeout=self.settings.job_timeout,
+            result_ttl=7 * 24 * 3600,
+            failure_ttl=7 * 24 * 3600,
+            retry=retry,
+            **options,
+        )
         with self._available():
-            job = self.queue.enqueue(
-                func,
-                *args,
-                job_id=job_id,
-                depends_on=depends_on or None,
-                description=description or func,
-                job_timeout=self.settings.job_timeout,
-                result_ttl=7 * 24 * 3600,
-                failure_ttl=7 * 24 * 3600,
-                retry=retry,
-            )
+            if not_before is not None and not_before > time.time():
+                job = self.queue.enqueue_at(datetime.fromtimestamp(not_before, UTC), func, *args, **kwargs)
+            else:
+                job = self.queue.enqueue(func, *args, **kwargs)
         return job.id
 
     def _pending_key(self, project: str) -> str:
@@ -388,7 +460,17 @@ class RQRunner:
         if not self.connection.set(self._pending_key(project), claim, nx=True, ex=self.settings.job_timeout):
             return TrainingRequest("coalesced", self._live_pending(project), count, threshold)
         self.connection.set(self._count_key(project), 0)
-        self.enqueue(self.train_job, project, job_id=job_id, description=f"train project {project}")
+        until = float(self.connection.hget(_backoff_key(self.settings.queue_name, project), "until") or 0)
+        deferred = until > time.time()
+        self.enqueue(
+            self.train_job,
+            project,
+            job_id=job_id,
+            description=f"train project {project}",
+            not_before=until if deferred else None,
+        )
+        if deferred:
+            return TrainingRequest("deferred", job_id, count, threshold, _iso(until))
         return TrainingRequest("enqueued", job_id, count, threshold)
 
     #: A claim whose job is not in Redis yet is still being enqueued for this long; older, it is stale.
@@ -492,6 +574,31 @@ class RQRunner:
                 return self._state(Job.fetch(job_id, connection=self.connection))
         except NoSuchJobError:
             return None
+
+
+def _backoff_key(queue_name: str, project: str) -> str:
+    return f"rgbt-al:{queue_name}:train-backoff:{project}"
+
+
+def training_failed(job: Any, connection: Any, *exc_info: Any) -> None:
+    """RQ failure callback of training jobs (runs in the worker): one more failure in a row for the
+    project; its next training job waits :func:`backoff_delay` seconds."""
+    project = str(job.args[0]) if job.args else ""
+    base = float(job.meta.get("failure_backoff", 0.0))
+    if not project or base <= 0:
+        return
+    key = _backoff_key(job.origin, project)
+    failures = int(connection.hincrby(key, "failures", 1))
+    delay = backoff_delay(base, failures)
+    connection.hset(key, "until", f"{time.time() + delay:.3f}")
+    connection.expire(key, int(delay) + 24 * 3600)
+    log.warning(_BACKOFF_MESSAGE, project, failures, delay)
+
+
+def training_succeeded(job: Any, connection: Any, result: Any, *args: Any, **kwargs: Any) -> None:
+    """RQ success callback of training jobs: the project's backoff is over."""
+    if job.args:
+        connection.delete(_backoff_key(job.origin, str(job.args[0])))
 
 
 _runner: JobRunner | None = None

@@ -56,3 +56,8 @@ def stuck_training(project: str) -> str:
             return f"trained {project}"
         time.sleep(0.1)
     return f"gave up on {project}"
+
+
+def failing_train(project: str) -> str:
+    """A training round that always fails, as one does while Label Studio is unreachable."""
+    raise ConnectionError(f"project {project}: Label Studio does not answer")
