@@ -199,7 +199,8 @@ def run_demo(options: DemoOptions) -> int:
             f"  Label Studio: {studio_server.url}/projects/{project_id}/data\n"
             f"  login:        {credentials['username']}\n"
             f"  password:     {credentials['password']}\n"
-            f"  backend:      {backend.url} (logs in {data_dir / 'logs'})\n\n"
+            f"  backend:      {backend.url} (logs in {data_dir / 'logs'}; basic auth "
+            f"{credentials['backend_user']} / {credentials['backend_password']})\n\n"
             "  Click 'Label All Tasks': the first pair is the one whose RGB and thermal branches disagree\n"
             "  most. Every 10 new annotations retrain the model and re-order the queue. Ctrl-C stops.\n",
             flush=True,
