@@ -102,6 +102,9 @@ class JobContext:
             cache_dir=s.cache_dir,
             cache_max_bytes=s.image_cache_bytes,
             reject_mismatched=s.reject_mismatched_pairs,
+            max_decode_bytes=s.max_decode_bytes,
+            decode_budget=s.decode_budget_bytes,
+            decode_wait=s.decode_wait_seconds,
         )
 
     def schema(self, project: str) -> ProjectSchema:
