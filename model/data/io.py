@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import threading
 import warnings
@@ -183,8 +184,9 @@ def reduced_size(info: ImageInfo, factor: int) -> tuple[int, int]:
 
 def decode_peak_bytes(info: ImageInfo) -> int:
     """Upper bound of the memory one decode and its conversion to RGB / thermal uint8 hold at once: the
-    decoded array, plus its (H, W, 3) uint8 conversion or, for 16-bit, the percentile copy."""
-    return info.decoded_bytes + info.pixels * 3
+    decoded array, at most 6 bytes per pixel of conversions (a 16-bit channel mean, the percentile copy, the
+    uint8 result) and 4 MiB of lookup tables and row blocks (tests/unit/test_memory_bounds.py measures it)."""
+    return info.decoded_bytes + 6 * info.pixels + 4 * 1024 * 1024
 
 
 class DecodeBudget:
@@ -260,6 +262,17 @@ def check_limits(info: ImageInfo, *, max_pixels: int, max_bytes: int) -> None:
         )
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (an RQ work horse) gets fresh budgets: another thread may have held one's lock at the
+    fork, and the parent's reservations are not the child's memory."""
+    DecodeBudget._instances = {}
+    DecodeBudget._instances_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def decode_image(
     data: bytes,
     *,
@@ -292,11 +305,14 @@ def decode_image(
         # ignored, as IMREAD_UNCHANGED does for full decodes.
         flags = _JPEG_REDUCED_GRAY if info.channels == 1 else _JPEG_REDUCED_COLOR
         array = cv2.imdecode(buffer, flags[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+        scale = factor  # the decoded image is already reduced
     else:
         array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        scale = 1
     if array is None:
         raise ImageDecodeError("not a decodable image")
-    if array.shape[0] * array.shape[1] * factor * factor > max_pixels or array.nbytes > max_bytes:
+    # The decoder's own answer, checked too: a header that understated the size is caught here.
+    if array.shape[0] * array.shape[1] * scale * scale > max_pixels or array.nbytes > max_bytes:
         raise ImageTooLargeError(f"image of {array.shape[1]}x{array.shape[0]} pixels exceeds the limit")
     if factor > 1 and array.shape[:2] != reduced_size(info, factor):
         # A box filter over factor x factor blocks, before any conversion so those work on the small image.
@@ -365,7 +381,7 @@ def to_thermal(array: np.ndarray) -> np.ndarray:
     return _to_uint8(array)
 
 
-def _channel_mean(channels: np.ndarray, rows: int = 256) -> np.ndarray:
+def _channel_mean(channels: np.ndarray, rows: int = 64) -> np.ndarray:
     """(H, W, 3) uint8/uint16 -> (H, W) of the same dtype: round(mean of the channels), in blocks of rows.
 
     The sum of three integers over 3 is never exactly .5 off an integer, so round(s / 3) == (s + 1) // 3,
