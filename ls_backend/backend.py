@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ls_backend.convert import class_names_from_schema, prediction_payload
-from ls_backend.images import FetchError, _origin
+from ls_backend.images import FetchError, ImageFetcher, _origin
 from ls_backend.jobs import JobContext, set_context
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, TrainingRequest, get_runner, set_runner
@@ -104,7 +104,6 @@ class RGBTBackend:
         self.runner = get_runner(settings)
         self._initial: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
-        self._fetch_pool = ThreadPoolExecutor(max(2, settings.predict_batch_size), thread_name_prefix="fetch")
 
     @property
     def registry(self):
@@ -207,6 +206,11 @@ class RGBTBackend:
           :class:`ModelMismatch` (409) until a version for the new config is trained.
 
         All images are fetched before a model is loaded or built, so requests whose tasks all fail stay cheap.
+        They are fetched by threads of this request only (``PREDICT_FETCH_THREADS``), all within
+        ``PREDICT_DEADLINE_SECONDS``: a request whose images come slowly holds no thread another request
+        needs, and ends with per-task errors at its deadline, before Label Studio's own timeout. Images are
+        decoded straight to about the network's input size (``MODEL_IMAGE_SIZE``); predictions are mapped
+        to the original sizes.
         """
         schema = self.checked_schema(label_config)
         if self.registry.project(project) is None:
@@ -219,8 +223,11 @@ class RGBTBackend:
                     f"project {project}: the current model version {version} is a {trained_for} model but "
                     f"the label config asks for {schema.task}; start a training (START_TRAINING) to build one"
                 )
-        fetcher = self.context.fetcher(project)
-        pairs = list(self._fetch_pool.map(lambda task: self._load(fetcher, task, schema), tasks))
+        fetcher = self.context.fetcher(project).with_deadline(self.settings.predict_deadline_seconds)
+        size = self.settings.model_image_size
+        threads = max(1, min(self.settings.predict_fetch_threads, len(tasks)))
+        with ThreadPoolExecutor(threads, thread_name_prefix=f"fetch-{project}") as pool:
+            pairs = list(pool.map(lambda task: self._load(fetcher, task, schema, size), tasks))
         errors = [
             (task, pair) for task, pair in zip(tasks, pairs, strict=True) if isinstance(pair, FetchError)
         ]
@@ -228,7 +235,13 @@ class RGBTBackend:
             raise errors[0][1]
         good = [pair for pair in pairs if not isinstance(pair, FetchError)]
         predictor = self._predictor(project, version, schema)
-        predictions = iter(predictor.predict(good, batch_size=self.settings.predict_batch_size))
+        predictions = iter(
+            predictor.predict(
+                [(rgb, thermal) for rgb, thermal, _ in good],
+                batch_size=self.settings.predict_batch_size,
+                sizes=[original for _, _, original in good],
+            )
+        )
         class_names = tuple(predictor.config.class_names)
         results: list[dict[str, Any]] = []
         unknown_labels: set[str] = set()
@@ -239,7 +252,7 @@ class RGBTBackend:
                 results.append({"result": [], "score": 1.0, "model_version": version, "error": str(pair)})
                 continue
             payload, unknown = prediction_payload(
-                next(predictions), schema, class_names, version, image_size=pair[0].shape[:2]
+                next(predictions), schema, class_names, version, image_size=pair[2]
             )
             unknown_labels |= unknown
             results.append(payload)
@@ -253,10 +266,10 @@ class RGBTBackend:
 
     @staticmethod
     def _load(
-        fetcher, task: dict[str, Any], schema: ProjectSchema
-    ) -> tuple[np.ndarray, np.ndarray] | FetchError:
+        fetcher: ImageFetcher, task: dict[str, Any], schema: ProjectSchema, size: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | FetchError:
         try:
-            return fetcher.load_pair(task.get("data") or {}, schema, task.get("id"))
+            return fetcher.load_pair_reduced(task.get("data") or {}, schema, task.get("id"), size)
         except FetchError as error:
             return error
 

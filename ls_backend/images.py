@@ -20,8 +20,13 @@ at most :data:`MAX_REDIRECTS`, each hop checked like the first; environment prox
 connected peer is the real destination.
 
 Bodies are streamed and cut at ``max_bytes`` (a larger Content-Length is refused before reading); decoded
-images are bounded by ``max_pixels`` through :func:`model.data.io.decode_image`'s header check (what
-:func:`~model.data.io.load_rgb` / :func:`~model.data.io.load_thermal` decode with). Fetched bytes
+images are bounded by ``max_pixels`` and by ``max_decode_bytes`` (width x height x channels x bytes per
+sample) through :func:`model.data.io.decode_image`'s header check (what :func:`~model.data.io.load_rgb` /
+:func:`~model.data.io.load_thermal` decode with), and every decode first reserves its peak memory in the
+process-wide :class:`~model.data.io.DecodeBudget` (``decode_budget`` bytes), waiting at most
+``decode_wait`` seconds (then :class:`DecodeBusy`, 429). A fetcher given a deadline (:meth:`ImageFetcher.
+with_deadline`, what ``/predict`` uses) cuts every socket wait, body read and budget wait at that deadline
+(:class:`FetchDeadline`). Fetched bytes
 are kept in a small on-disk cache (:class:`DiskCache`) so pool scoring, ``/predict`` and training rounds do
 not download the same image again.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import hashlib
 import ipaddress
 import logging
@@ -55,11 +61,23 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ls_backend.label_config import ProjectSchema
-from model.data.io import ImageDecodeError, ImageTooLargeError, load_rgb, load_thermal
+from model.data.io import (
+    DecodeBudget,
+    DecodeBusyError,
+    ImageDecodeError,
+    ImageInfo,
+    ImageTooLargeError,
+    decode_peak_bytes,
+    load_rgb,
+    load_thermal,
+    probe,
+)
 
 __all__ = [
     "BadImageURL",
+    "DecodeBusy",
     "DiskCache",
+    "FetchDeadline",
     "FetchError",
     "ForbiddenImageURL",
     "ImageFetcher",
@@ -143,6 +161,18 @@ class UpstreamError(FetchError):
 
 
 _USERINFO = re.compile(r"(//)[^/?#]*@")
+
+
+class FetchDeadline(UpstreamError):
+    """The request's deadline passed before the image was fetched and decoded."""
+
+    status = 504
+
+
+class DecodeBusy(FetchError):
+    """The process's decode memory budget stayed full for the whole wait: the caller should try again."""
+
+    status = 429
 
 
 def _display(url: str) -> str:
@@ -470,6 +500,10 @@ class ImageFetcher:
             be used to probe which hosts and ports answer.
         reject_mismatched: raise :class:`PairSizeMismatch` for pairs of different sizes instead of resizing
             the thermal image to the RGB size.
+        max_decode_bytes: largest decoded image in bytes (width x height x channels x bytes per sample).
+        decode_budget: bytes that decodes in flight may hold together in this process (the shared
+            :class:`~model.data.io.DecodeBudget` of that size); None: unbounded.
+        decode_wait: seconds a decode waits for room in the budget before :class:`DecodeBusy`.
     """
 
     def __init__(
@@ -485,6 +519,9 @@ class ImageFetcher:
         timeout: float = 30.0,
         reject_mismatched: bool = False,
         studio_trusted: bool = True,
+        max_decode_bytes: int = 128 * 1024**2,
+        decode_budget: int | None = 512 * 1024**2,
+        decode_wait: float = 20.0,
     ) -> None:
         self.studio = studio
         self.studio_trusted = studio_trusted
@@ -494,8 +531,31 @@ class ImageFetcher:
         self.max_pixels = int(max_pixels)
         self.timeout = float(timeout)
         self.reject_mismatched = reject_mismatched
+        self.max_decode_bytes = int(max_decode_bytes)
+        self.decode_budget = DecodeBudget.shared(decode_budget) if decode_budget is not None else None
+        self.decode_wait = float(decode_wait)
+        self.deadline: float | None = None  # time.monotonic() by which every fetch and decode must be done
         self.cache = DiskCache.shared(cache_dir, cache_max_bytes) if cache_dir is not None else None
         self._studio_base: str | None = None
+
+    def with_deadline(self, seconds: float) -> ImageFetcher:
+        """A copy of this fetcher whose fetches and decodes all end within ``seconds`` from now."""
+        bounded = copy.copy(self)
+        bounded.deadline = time.monotonic() + float(seconds)
+        return bounded
+
+    def _time_left(self, url: str, wait: float) -> float:
+        """``wait`` cut to what is left of the deadline; :class:`FetchDeadline` when nothing is."""
+        if self.deadline is None:
+            return wait
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise FetchDeadline(
+                f"image URL {_display(url)!r}: not loaded before the request's deadline "
+                "(PREDICT_DEADLINE_SECONDS)",
+                url=url,
+            )
+        return min(wait, left)
 
     # ---------------------------------------------------------------- bytes
     def fetch_bytes(self, url: str, task_id: int | None = None) -> bytes:
@@ -660,13 +720,15 @@ class ImageFetcher:
             headers = {"Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
             if studio and origin == studio_origin:
                 headers.update(self._studio_auth(display))
+            timeout = self._time_left(display, self.timeout)
             try:
                 response = _session().get(
-                    current, headers=headers, stream=True, allow_redirects=False, timeout=self.timeout
+                    current, headers=headers, stream=True, allow_redirects=False, timeout=timeout
                 )
             except _BlockedAddress as error:
                 raise ForbiddenImageURL(f"image URL {_display(display)!r}: {error}", url=display) from error
             except requests.Timeout as error:
+                self._time_left(display, 0)  # the request's deadline, when that is what ran out
                 raise UpstreamError(
                     f"image URL {_display(display)!r}: timed out after {self.timeout:g} s", url=display
                 ) from error
@@ -749,6 +811,9 @@ class ImageFetcher:
         received = 0
         try:
             while received <= self.max_bytes:
+                # A host that trickles bytes never trips the socket timeout: the deadline is checked per
+                # chunk.
+                self._time_left(display, 0)
                 # Never ask for more than one byte past the limit.
                 chunk = response.raw.read(min(_CHUNK, self.max_bytes + 1 - received), decode_content=True)
                 if not chunk:
@@ -812,18 +877,41 @@ class ImageFetcher:
         return data
 
     # ---------------------------------------------------------------- decoding
-    def load_image(self, url: str, task_id: int | None, *, thermal: bool) -> np.ndarray:
-        """Fetch and decode one image: (H, W, 3) uint8 RGB or (H, W) uint8 thermal."""
+    def load_image(
+        self, url: str, task_id: int | None, *, thermal: bool, reduce_to: tuple[int, int] | None = None
+    ) -> np.ndarray:
+        """Fetch and decode one image: (H, W, 3) uint8 RGB or (H, W) uint8 thermal (``reduce_to``: decoded
+        straight to about that (height, width), see :func:`model.data.io.decode_image`)."""
+        return self._load_image(url, task_id, thermal=thermal, reduce_to=reduce_to)[0]
+
+    def _load_image(
+        self, url: str, task_id: int | None, *, thermal: bool, reduce_to: tuple[int, int] | None
+    ) -> tuple[np.ndarray, ImageInfo]:
         data = self.fetch_bytes(url, task_id)
         kind = self._route(url)[0]
         # Whether a caller-named host answered with an image or not is no more visible than how it failed.
         with self._opaque(kind, url):
             try:
-                # load_* decode through decode_image, which checks the header's pixel count before decoding.
+                # The header is read first: size, channels and bit depth bound the decode before it starts.
+                info = probe(data)
+                if self.decode_budget is None:
+                    reservation: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+                else:
+                    wait = self._time_left(url, self.decode_wait)
+                    reservation = self.decode_budget.reserve(decode_peak_bytes(info), wait)
                 load = load_thermal if thermal else load_rgb
-                return load(data, max_pixels=self.max_pixels)
+                with reservation:
+                    array = load(
+                        data, max_pixels=self.max_pixels, max_bytes=self.max_decode_bytes, reduce_to=reduce_to
+                    )
+                return array, info
+            except DecodeBusyError as error:
+                self._time_left(url, 0)  # the request's deadline, when that is what ran out
+                raise DecodeBusy(f"image URL {_display(url)!r}: {error}", url=url) from error
             except ImageTooLargeError as error:
-                raise ImageTooLarge(f"image URL {_display(url)!r}: {error}", url=url) from error
+                raise ImageTooLarge(
+                    f"image URL {_display(url)!r}: {error} (MAX_IMAGE_PIXELS, MAX_DECODE_BYTES)", url=url
+                ) from error
             except ImageDecodeError as error:
                 self.forget(url)  # do not keep serving a truncated or wrong body
                 raise NotAnImage(
@@ -838,6 +926,19 @@ class ImageFetcher:
         A thermal image of another size is resized to the RGB size (bilinear) with a warning, or refused
         with :class:`PairSizeMismatch` when ``reject_mismatched``.
         """
+        rgb, thermal, _ = self.load_pair_reduced(task_data, schema, task_id, None)
+        return rgb, thermal
+
+    def load_pair_reduced(
+        self,
+        task_data: Mapping[str, Any],
+        schema: ProjectSchema,
+        task_id: int | None,
+        reduce_to: tuple[int, int] | None,
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+        """:meth:`load_pair` decoding straight to about ``reduce_to`` (the network's (height, width)), for
+        inference: (rgb, thermal, the RGB image's original (height, width), which predictions map back to).
+        """
         urls = []
         for slot in (schema.rgb, schema.thermal):
             value = task_data.get(slot.value_key) if isinstance(task_data, Mapping) else None
@@ -847,18 +948,19 @@ class ImageFetcher:
                     f'(the config\'s <Image name="{slot.name}" value="${slot.value_key}">)'
                 )
             urls.append(value)
-        rgb = self.load_image(urls[0], task_id, thermal=False)
-        thermal = self.load_image(urls[1], task_id, thermal=True)
-        if rgb.shape[:2] != thermal.shape[:2]:
+        rgb, rgb_info = self._load_image(urls[0], task_id, thermal=False, reduce_to=reduce_to)
+        thermal, thermal_info = self._load_image(urls[1], task_id, thermal=True, reduce_to=reduce_to)
+        if (rgb_info.height, rgb_info.width) != (thermal_info.height, thermal_info.width):
             message = (
-                f"task {task_id}: RGB is {rgb.shape[1]}x{rgb.shape[0]} but thermal is "
-                f"{thermal.shape[1]}x{thermal.shape[0]} (width x height)"
+                f"task {task_id}: RGB is {rgb_info.width}x{rgb_info.height} but thermal is "
+                f"{thermal_info.width}x{thermal_info.height} (width x height)"
             )
             if self.reject_mismatched:
                 raise PairSizeMismatch(message + "; REJECT_MISMATCHED_PAIRS is set", url=urls[1])
             log.warning("%s; resizing thermal to the RGB size", message)
+        if rgb.shape[:2] != thermal.shape[:2]:  # sizes differ, or equal sizes reduced differently
             thermal = cv2.resize(thermal, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return rgb, thermal
+        return rgb, thermal, (rgb_info.height, rgb_info.width)
 
 
 def _is_windows_path(url: str) -> bool:

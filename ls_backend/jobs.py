@@ -111,6 +111,9 @@ class JobContext:
             cache_max_bytes=s.image_cache_bytes,
             reject_mismatched=s.reject_mismatched_pairs,
             studio_trusted=bool(s.label_studio_url),
+            max_decode_bytes=s.max_decode_bytes,
+            decode_budget=s.decode_budget_bytes,
+            decode_wait=s.decode_wait_seconds,
         )
 
     def schema(self, project: str) -> ProjectSchema:

@@ -152,6 +152,36 @@ class Settings:
     max_image_pixels: int = _setting(
         "MAX_IMAGE_PIXELS", 40_000_000, "Largest image (width x height) decoded; guards decompression bombs."
     )
+    max_decode_bytes: int = _setting(
+        "MAX_DECODE_BYTES",
+        128 * 1024**2,
+        "Largest decoded image in bytes (width x height x channels x bytes per sample), read from the header "
+        "before decoding (413 above). The default admits every 8-bit RGB image under the default "
+        "MAX_IMAGE_PIXELS; a 16-bit RGBA image of the same pixel count is 2.7 times larger.",
+    )
+    decode_budget_bytes: int = _setting(
+        "DECODE_BUDGET_BYTES",
+        512 * 1024**2,
+        "Memory that image decodes in flight may hold together in one process (each counts its decoded "
+        "array plus its 8-bit conversion); further decodes wait for room.",
+    )
+    decode_wait_seconds: float = _setting(
+        "DECODE_WAIT_SECONDS",
+        20.0,
+        "How long a decode waits for room in DECODE_BUDGET_BYTES before its task is answered 429.",
+    )
+    predict_deadline_seconds: float = _setting(
+        "PREDICT_DEADLINE_SECONDS",
+        45.0,
+        "Time one `/predict` request may spend fetching and decoding its images; tasks not loaded by then "
+        "get a per-task error. Keep it well under Label Studio's predict timeout (100 s).",
+    )
+    predict_fetch_threads: int = _setting(
+        "PREDICT_FETCH_THREADS",
+        4,
+        "Images one `/predict` request fetches at once, in threads of its own: a request's slow images "
+        "never hold threads other requests need.",
+    )
     reject_mismatched_pairs: bool = _setting(
         "REJECT_MISMATCHED_PAIRS",
         False,
@@ -261,6 +291,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")
+        for name in ("max_decode_bytes", "decode_budget_bytes", "predict_fetch_threads"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)} must be >= 1")
+        for name in ("decode_wait_seconds", "predict_deadline_seconds"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{env_name(name)} must be > 0")
 
     @property
     def cache_dir(self) -> Path:

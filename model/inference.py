@@ -23,7 +23,7 @@ from model.data.transforms import eval_transform
 from model.device import autocast, select_device
 from model.inconsistency import Aggregation, inconsistency_maps, pair_scores
 from model.network import NetOutput, ThreeBranchNet
-from model.postprocess import decode_detections, decode_segmentation
+from model.postprocess import decode_detections, upsample_class_ids
 
 
 @dataclass
@@ -120,17 +120,28 @@ class Predictor:
         scores = pair_scores(output, reduction=self.config.class_reduction, aggregation=self.aggregation)
         return scores, output.embedding.float()
 
-    def prepare_batch(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> PreparedBatch:
+    def prepare_batch(
+        self,
+        pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> PreparedBatch:
         """Resize and stack pairs of any sizes into one batch of network tensors, pinned when the device is a
         GPU. Thread-safe and model-free: pool scoring calls it in its loader threads so resizing and the
-        host-to-device copy overlap the network's work on the previous batch."""
+        host-to-device copy overlap the network's work on the previous batch.
+
+        ``sizes``: each pair's original (H, W) when the arrays were decoded reduced
+        (:func:`model.data.io.decode_image` ``reduce_to``); predictions are mapped to those. Default: the
+        arrays' own sizes."""
         tensors = [self.prepare(rgb, thermal) for rgb, thermal in pairs]
         rgb = torch.stack([t[0] for t in tensors])
         thermal = torch.stack([t[1] for t in tensors])
         if self.device.type == "cuda":
             rgb, thermal = rgb.pin_memory(), thermal.pin_memory()
-        sizes = [(int(p[0].shape[0]), int(p[0].shape[1])) for p in pairs]
-        return PreparedBatch(rgb, thermal, sizes)
+        if sizes is None:
+            sizes = [(int(p[0].shape[0]), int(p[0].shape[1])) for p in pairs]
+        if len(sizes) != len(pairs):
+            raise ValueError(f"{len(pairs)} pairs but {len(sizes)} sizes")
+        return PreparedBatch(rgb, thermal, [(int(h), int(w)) for h, w in sizes])
 
     @torch.inference_mode()
     def predict_batch(self, batch: PreparedBatch, *, with_maps: bool = False) -> list[PairPrediction]:
@@ -144,11 +155,14 @@ class Predictor:
         *,
         batch_size: int = 8,
         with_maps: bool = False,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[PairPrediction]:
-        """Predictions for (rgb, thermal) pairs of any sizes, in the input order."""
+        """Predictions for (rgb, thermal) pairs of any sizes, in the input order (``sizes``: the pairs'
+        original (H, W), see :meth:`prepare_batch`)."""
         results: list[PairPrediction] = []
         for start in range(0, len(pairs), batch_size):
-            batch = self.prepare_batch(pairs[start : start + batch_size])
+            chunk = sizes[start : start + batch_size] if sizes is not None else None
+            batch = self.prepare_batch(pairs[start : start + batch_size], chunk)
             results.extend(self.predict_batch(batch, with_maps=with_maps))
         return results
 
@@ -181,10 +195,8 @@ class Predictor:
         logits = output.fused.cls_logits[0].float()
         maps = inconsistency_maps(output, reduction=reduction)[0] if with_maps else None
         for i, (orig_h, orig_w) in enumerate(original_sizes):
-            resized = torch.nn.functional.interpolate(
-                logits[i : i + 1], size=(orig_h, orig_w), mode="bilinear", align_corners=False
-            )
-            mask = decode_segmentation(type(output.fused)([resized]))[0]
+            # Class ids at the original size without C full-size logit maps (4 GB for 64 classes at 4000^2).
+            mask = upsample_class_ids(logits[i], (orig_h, orig_w))
             inconsistency_map = None
             if maps is not None:
                 inconsistency_map = (

@@ -55,3 +55,36 @@ def decode_detections(
 def decode_segmentation(branch: BranchOutput) -> Tensor:
     """(N, H, W) int64 class ids (argmax of the logits)."""
     return branch.cls_logits[0].argmax(dim=1)
+
+
+def upsample_class_ids(logits: Tensor, size: tuple[int, int], *, max_elements: int = 1 << 23) -> Tensor:
+    """(C, h, w) logits -> (H, W) int64 class ids: the argmax of the logits upsampled bilinearly to ``size``
+    (``align_corners=False``, as :func:`torch.nn.functional.interpolate`), in bands of output rows.
+
+    Upsampling all C maps at once holds C x H x W floats (64 classes at 4000x4000: 4 GB); a band holds at
+    most about ``max_elements`` of them. Each band interpolates its rows from the two source rows around them
+    and its columns with ``interpolate``: the same weights as one full-size upsampling, so the ids agree
+    except where two classes' logits tie within float rounding.
+    """
+    channels, height, width = logits.shape
+    out_h, out_w = int(size[0]), int(size[1])
+    if (out_h, out_w) == (height, width):
+        return logits.argmax(dim=0)
+    logits = logits.float()
+    # Source row of each output row's centre, clamped at 0 as interpolate does (align_corners=False).
+    rows = ((torch.arange(out_h, dtype=torch.float32, device=logits.device) + 0.5) * (height / out_h) - 0.5)
+    rows = rows.clamp(min=0)
+    low = rows.floor().long().clamp(max=height - 1)
+    high = (low + 1).clamp(max=height - 1)
+    weight = (rows - low).view(1, -1, 1)
+    band = max(1, max_elements // max(1, channels * out_w))
+    ids = torch.empty((out_h, out_w), dtype=torch.int64, device=logits.device)
+    for start in range(0, out_h, band):
+        stop = min(out_h, start + band)
+        w = weight[:, start:stop]
+        vertical = logits[:, low[start:stop]] * (1 - w) + logits[:, high[start:stop]] * w  # (C, b, w)
+        full = torch.nn.functional.interpolate(
+            vertical[None], size=(stop - start, out_w), mode="bilinear", align_corners=False
+        )[0]
+        ids[start:stop] = full.argmax(dim=0)
+    return ids
