@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ls_backend.cli import main
+from ls_backend.jobs import JobContext
+from ls_backend.settings import Settings, SettingsError
 from model.checkpoint import save_checkpoint
 from model.config import NetConfig
 from model.engines import EngineError, OnnxRuntimeEngine, export_onnx, make_engine
@@ -143,3 +145,35 @@ def test_cli_exports_and_scores_with_the_engine(tmp_path: Path, capsys: pytest.C
     assert rows["torch"].keys() == rows["onnxruntime"].keys() and rows["torch"]
     for pair_id, score in rows["torch"].items():
         assert abs(score - rows["onnxruntime"][pair_id]) < 1e-4
+
+
+def test_published_versions_carry_their_export_and_the_backend_serves_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    config = NetConfig(task="segmentation", class_names=("person",), width=0.125, image_size=SIZE)
+    settings = Settings.from_env({}, model_dir=tmp_path, inference_engine="onnxruntime", device="cpu")
+    context = JobContext(settings)
+    exported = context.registry.publish("7", ThreeBranchNet(config), export=True)
+    assert export_path(context.registry.checkpoint_path("7", exported.version)).is_file()
+    assert context.predictor("7", exported.version).engine_name == "onnxruntime"
+
+    # An export that fails still publishes the version; it is served by torch, with a warning.
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr("ls_backend.registry.export_onnx", broken)
+    with caplog.at_level(logging.WARNING):
+        plain = context.registry.publish("7", ThreeBranchNet(config), export=True)
+    assert "ONNX export failed" in caplog.text
+    assert context.registry.current_version("7") == plain.version
+    assert not export_path(context.registry.checkpoint_path("7", plain.version)).exists()
+    assert context.predictor("7", plain.version).engine_name == "torch"
+    torch_only = JobContext(Settings.from_env({}, model_dir=tmp_path, device="cpu"))
+    assert torch_only.predictor("7", exported.version).engine_name == "torch"
+
+
+def test_inference_engine_setting_is_validated() -> None:
+    assert Settings.from_env({"INFERENCE_ENGINE": "onnxruntime"}).inference_engine == "onnxruntime"
+    with pytest.raises(SettingsError, match="INFERENCE_ENGINE"):
+        Settings.from_env({"INFERENCE_ENGINE": "tensorrt"})
