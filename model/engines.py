@@ -157,6 +157,10 @@ class OnnxRuntimeEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        # No spin-waiting between ops: on cores shared with loader threads, a web server or other workers,
+        # spinning threads steal the time the next op needs (the torch path runs with OMP_WAIT_POLICY=PASSIVE
+        # in the benchmarks for the same reason).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
