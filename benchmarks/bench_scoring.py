@@ -7,10 +7,12 @@ per pair on the device (``Predictor.score_batch``), inputs pinned on CUDA as the
 Naive baseline: per pair, fp32, three separate networks - visible-only, thermal-only and a fusion network -
 so four trunk passes per pair, and the scores computed on the host.
 
-The calls take turns (product, naive, product, ...) so both see the same machine load. Also: the same product
-path with contiguous (NCHW) tensors (what channels_last buys on this device), FLOPs per pair (torch's FLOP
-counter), achieved TFLOP/s and, on a GPU, its fraction of the bf16 peak; scoring time for growing pools of
-small synthetic pairs through ``score_dataset`` (linearity); peak GPU memory per batch size.
+The calls take turns (product, naive, product, ...) so all see the same machine load. Also: the same product
+path through the onnxruntime engine (the network exported to ONNX, ``INFERENCE_ENGINE=onnxruntime``) and with
+contiguous (NCHW) tensors (what channels_last buys on this device), FLOPs per pair (torch's FLOP counter),
+achieved GFLOP/s against a peak measured here by a GEMM microbenchmark (square fp32 matmuls on the CPU, bf16
+on a GPU, where the datasheet peak is reported beside it); scoring time for growing pools of small synthetic
+pairs through ``score_dataset`` (linearity); peak GPU memory per batch size.
 
     python benchmarks/bench_scoring.py                 # writes the `scoring` key of results/<device>.json
     python benchmarks/bench_scoring.py --quick         # small sizes, a smoke run
@@ -19,6 +21,7 @@ small synthetic pairs through ``score_dataset`` (linearity); peak GPU memory per
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
 
 #: The product target on an H100 (pairs/s at 640x512, width 1.0, bf16) and the CPU ratio target.
 TARGET_H100_PAIRS_PER_S = 1000.0
-TARGET_SPEEDUP = 2.0
+TARGET_SPEEDUP = 3.0
 
 
 class NaiveThreeNetworks(nn.Module):
@@ -107,6 +110,43 @@ def flops_per_pair(config: NetConfig) -> float:
     return float(counter.get_total_flops())
 
 
+def measured_gemm_peak(device: torch.device, size: int = 2048, repeats: int = 5) -> dict[str, Any]:
+    """The best GFLOP/s of square matmuls on ``device`` (fp32 on CPU, bf16 on GPU) with torch's threads: a
+    measured ceiling for dense compute here, rather than an assumed one."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.rand(size, size, device=device, dtype=dtype)
+    b = torch.rand(size, size, device=device, dtype=dtype)
+    torch.mm(a, b)  # warm-up: thread pool, kernels
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return {
+        "gflops": round(2 * size**3 / best / 1e9, 1),
+        "dtype": str(dtype).replace("torch.", ""),
+        "matrix": size,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def onnx_engine_predictor(model: ThreeBranchNet, device: torch.device, workdir: Path) -> Predictor | None:
+    """The product path with the network exported to ONNX, run by onnxruntime; None without the extra."""
+    try:
+        from model.engines import EngineError, OnnxRuntimeEngine, export_onnx
+    except ImportError:
+        return None
+    try:
+        path = export_onnx(model.cpu(), workdir / "bench.onnx")
+        model.to(device)
+        return Predictor(model, device, engine=OnnxRuntimeEngine(path, model.config))
+    except EngineError as error:
+        print(f"onnxruntime engine skipped: {error}")
+        return None
+
+
 def gpu_peak(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -144,6 +184,9 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
     }
     if args.layouts:
         calls["product_other_layout"] = lambda: other.score_batch(rgb, thermal)[0].cpu()
+    engine = onnx_engine_predictor(model, device, Path(args.workdir)) if args.engines else None
+    if engine is not None:
+        calls["onnxruntime"] = lambda: engine.score_batch(rgb, thermal)[0].cpu()
     if args.decode:
         # What a scoring job runs per batch: the scores plus the user-facing boxes (decoding, NMS per pair).
         prepared = PreparedBatch(rgb, thermal, [size] * batch)
@@ -157,6 +200,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         "naive": 1,
         "product_other_layout": batch,
         "product_with_decode": batch,
+        "onnxruntime": batch,
     }
     rates = {name: per_call_pairs[name] / s for name, s in seconds.items()}
 
@@ -167,6 +211,7 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
 
     achieved = flops * rates["product"] / 1e12
     peak = gpu_peak(device)
+    gemm = measured_gemm_peak(device)
     result: dict[str, Any] = {
         "image_size": list(size),
         "width": args.width,
@@ -185,6 +230,11 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         "achieved_tflops": round(achieved, 4),
         "bf16_peak_tflops": peak,
         "fraction_of_peak": round(achieved / peak, 4) if peak else None,
+        "measured_gemm_peak": gemm,
+        "achieved_gflops": {name: round(flops * rate / 1e9, 1) for name, rate in rates.items()},
+        "fraction_of_measured_peak": {
+            name: round(flops * rate / 1e9 / gemm["gflops"], 3) for name, rate in rates.items()
+        },
         "loadavg_before": load_before,
         "loadavg_after": load_after,
     }
@@ -192,6 +242,10 @@ def throughput(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         result["other_layout"] = "nchw" if product_layout == "channels_last" else "channels_last"
         result["other_layout_pairs_per_s"] = round(rates["product_other_layout"], 3)
         result["default_layout_gain"] = round(rates["product"] / rates["product_other_layout"], 2)
+    if "onnxruntime" in rates:
+        result["onnxruntime_pairs_per_s"] = round(rates["onnxruntime"], 3)
+        result["onnxruntime_speedup"] = round(rates["onnxruntime"] / rates["naive"], 2)
+        result["onnxruntime_vs_torch"] = round(rates["onnxruntime"] / rates["product"], 2)
     if "product_with_decode" in rates:
         result["product_with_decode_pairs_per_s"] = round(rates["product_with_decode"], 3)
     if peak:
@@ -285,6 +339,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the product network")
     parser.add_argument(
+        "--no-engines", dest="engines", action="store_false", help="skip the onnxruntime engine row"
+    )
+    parser.add_argument("--workdir", default=None, help="where the ONNX export goes (default: a temp dir)")
+    parser.add_argument(
         "--decode",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -307,6 +365,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.pools = args.pools or ([200, 400, 800] if quick else [1000, 4000, 16000])
     args.loader_workers = args.loader_workers if args.loader_workers is not None else (4 if gpu else 0)
     args.decode = gpu if args.decode is None else args.decode
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench-scoring-")
     return args
 
 
@@ -341,8 +400,24 @@ def main(argv: list[str] | None = None) -> None:
                 if "product_with_decode_pairs_per_s" in t
                 else []
             ),
+            *(
+                [["onnxruntime engine (exported graph)", t["onnxruntime_pairs_per_s"], "fp32"]]
+                if "onnxruntime_pairs_per_s" in t
+                else []
+            ),
             ["naive (3 networks, per pair)", t["naive_pairs_per_s"], "fp32"],
             ["speedup", f"{t['speedup']}x", f"target >= {TARGET_SPEEDUP}x"],
+            *(
+                [["onnxruntime speedup", f"{t['onnxruntime_speedup']}x", f"target >= {TARGET_SPEEDUP}x"]]
+                if "onnxruntime_speedup" in t
+                else []
+            ),
+            [
+                "measured GEMM peak (GFLOP/s)",
+                t["measured_gemm_peak"]["gflops"],
+                t["measured_gemm_peak"]["dtype"],
+            ],
+            ["product, fraction of measured peak", t["fraction_of_measured_peak"]["product"], ""],
         ],
         ["path", "pairs/s", "precision"],
     )

@@ -147,12 +147,31 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     "n/a",
                 )
             )
+            gemm = t.get("measured_gemm_peak")
             rows.append(
                 (
-                    "Pool scoring compute rate",
-                    f"{t['achieved_tflops'] * 1000:.0f} GFLOP/s ({t['gflops_per_pair']} GFLOP/pair)",
+                    "Pool scoring compute rate"
+                    + (f" against a measured {gemm['dtype']} GEMM peak" if gemm else ""),
+                    f"{t['achieved_tflops'] * 1000:.0f} GFLOP/s ({t['gflops_per_pair']} GFLOP/pair)"
+                    + (
+                        f" vs {gemm['gflops']:.0f} GFLOP/s ({gemm['matrix']}^2 matmul, {gemm['threads']} "
+                        f"threads) = {100 * t['fraction_of_measured_peak']['product']:.0f}% of it"
+                        if gemm
+                        else ""
+                    ),
                     "-",
                     "n/a",
+                )
+            )
+        if "onnxruntime_pairs_per_s" in t:
+            rows.append(
+                (
+                    f"Pool scoring, {_size(t['image_size'])}: onnxruntime engine (the network exported to "
+                    "ONNX, INFERENCE_ENGINE=onnxruntime) vs naive, and vs the torch product path",
+                    f"{t['onnxruntime_pairs_per_s']:.3g} pairs/s = **{t['onnxruntime_speedup']}x** naive, "
+                    f"{t['onnxruntime_vs_torch']}x torch",
+                    f">= {t['speedup_target']:g}x",
+                    _yes(t["onnxruntime_speedup"] >= t["speedup_target"]),
                 )
             )
         if "product_with_decode_pairs_per_s" in t:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ls_backend.settings import Settings, SettingsError, settings_table_markdown
+from model.config import ENGINES
 from model.data.readers import ALL_FORMATS
 
 log = logging.getLogger("rgbt-al")
@@ -357,6 +358,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError, load_model
+    from model.engines import EngineError, export_onnx
+    from model.inference import export_path
+
+    try:
+        model, _ = load_model(args.checkpoint)
+        out = export_onnx(model, args.out or export_path(args.checkpoint))
+    except (CheckpointError, EngineError) as error:
+        raise CommandError(str(error)) from error
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import csv
 
@@ -366,9 +381,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     from model.inference import Predictor, score_dataset
 
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, engine=args.engine)
     except CheckpointError as error:
         raise CommandError(str(error)) from error
+    if predictor.engine_name != args.engine:
+        print(
+            f"warning: {args.engine} unavailable for {args.checkpoint}: scoring with torch",
+            file=sys.stderr,
+        )
     reader = _open(args.data, args.format, args.split)
     dataset = PairDataset(reader, transform=eval_transform(predictor.config.image_size))
     scores, _, ids = score_dataset(
@@ -550,7 +570,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", required=True, help="scores.csv or scores.json")
     score.add_argument("--workers", type=int, default=2, help="decoding workers")
     score.add_argument("--with-conditions", action="store_true", help="add each pair's condition")
+    score.add_argument(
+        "--engine", choices=ENGINES, default="torch", help="onnxruntime runs the checkpoint's `export`"
+    )
     score.set_defaults(func=cmd_score)
+
+    export = commands.add_parser("export", help="export a checkpoint's network to ONNX for onnxruntime")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--out", help="the .onnx file (default: beside the checkpoint, same name)")
+    export.set_defaults(func=cmd_export)
 
     sim = commands.add_parser("simulate", help="active-learning simulation: strategies vs random")
     sim.add_argument("--out", required=True, help="output folder (resumable)")

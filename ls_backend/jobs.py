@@ -39,7 +39,8 @@ from model.data.dataset import PairDataset
 from model.data.memory import InMemoryReader
 from model.data.sample import PairRecord
 from model.data.transforms import eval_transform, train_transform
-from model.inference import Predictor, PreparedBatch
+from model.engines import Engine, make_engine
+from model.inference import Predictor, PreparedBatch, export_path
 from model.network import ThreeBranchNet
 from model.train import EpochLog, TrainConfig, evaluate, fit
 
@@ -143,20 +144,24 @@ class JobContext:
                 self._predictors.move_to_end(key)
                 return self._predictors[key]
         model, _ = self.registry.load(project, version)
-        predictor = self.make_predictor(model)
+        export = export_path(self.registry.checkpoint_path(project, version))
+        predictor = self.make_predictor(model, make_engine(self.settings.inference_engine, model, export))
         with self._lock:
             self._predictors[key] = predictor
             while len(self._predictors) > 2:
                 self._predictors.popitem(last=False)
         return predictor
 
-    def make_predictor(self, model: ThreeBranchNet) -> Predictor:
-        if self.settings.torch_compile:
+    def make_predictor(self, model: ThreeBranchNet, engine: Engine | None = None) -> Predictor:
+        if self.settings.torch_compile and engine is None:
             import torch
 
             model = torch.compile(model)  # type: ignore[assignment]
         return Predictor(
-            model, self.settings.device, score_threshold=self.settings.prediction_score_threshold
+            model,
+            self.settings.device,
+            score_threshold=self.settings.prediction_score_threshold,
+            engine=engine,
         )
 
 
@@ -269,7 +274,12 @@ def train_project(project: str) -> dict[str, Any]:
         metrics.update(_plain(evaluate(model, holdout_set, device=settings.device)))
     model.cpu()
     info = context.registry.publish(
-        project, model, parent=parent, metrics=metrics, num_train_tasks=len(train_records)
+        project,
+        model,
+        parent=parent,
+        metrics=metrics,
+        num_train_tasks=len(train_records),
+        export=settings.inference_engine != "torch",
     )
     context.registry.prune(project, keep=settings.keep_prediction_versions + 2)
     scoring = runner.enqueue(

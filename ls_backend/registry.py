@@ -4,7 +4,7 @@ Layout under ``MODEL_DIR``::
 
     <project>/project.json              label config and how to reach Label Studio (mode 0600)
     <project>/current.json              {"version": "..."} - replaced atomically
-    <project>/versions/<version>/model.pt, meta.json
+    <project>/versions/<version>/model.pt, meta.json, model.onnx (with INFERENCE_ENGINE=onnxruntime)
 
 A version folder is fully written under a temporary name and renamed into place before ``current.json``
 points at it, so a worker killed at any moment leaves the previous version current and no partial folder.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,7 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import atomic_write_bytes, load_model, save_checkpoint
+from model.engines import export_onnx
+from model.inference import export_path
 from model.network import ThreeBranchNet
+
+log = logging.getLogger(__name__)
 
 _PROJECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VERSION_NAME = re.compile(r"^rgbt-v(\d+)-\d{8}T\d{6}$")
@@ -72,6 +77,13 @@ def _write_json(path: Path, data: dict[str, Any], mode: int | None = None) -> No
         handle.write(encoded)
 
     atomic_write_bytes(path, write)
+
+
+def _export_or_warn(model: ThreeBranchNet, checkpoint: Path, version: str) -> None:
+    try:
+        export_onnx(model, export_path(checkpoint))
+    except Exception as error:  # the exporter raises many types; the checkpoint alone still serves
+        log.warning("version %s: ONNX export failed, it will be served by torch: %s", version, error)
 
 
 class ModelRegistry:
@@ -158,8 +170,14 @@ class ModelRegistry:
         metrics: dict[str, Any] | None = None,
         num_train_tasks: int = 0,
         make_current: bool = True,
+        export: bool = False,
     ) -> VersionInfo:
-        """Save a new version atomically and (by default) make it current."""
+        """Save a new version atomically and (by default) make it current.
+
+        ``export``: also store the network exported to ONNX beside the checkpoint, for
+        ``INFERENCE_ENGINE=onnxruntime``. An export that fails is logged and left out: the version is still
+        published, and serving falls back to torch for it.
+        """
         project = str(project)
         with self._locked(project):
             numbers = [
@@ -183,6 +201,8 @@ class ModelRegistry:
             staging.mkdir()
             try:
                 save_checkpoint(staging / "model.pt", model, extra={"version": info.version})
+                if export:
+                    _export_or_warn(model, staging / "model.pt", info.version)
                 _write_json(staging / "meta.json", info.to_json())
                 os.rename(staging, versions_dir / info.version)
             except BaseException:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from model.config import ENGINES
+
 
 class SettingsError(ValueError):
     """An environment variable has a value that cannot be used; the message names the variable."""
@@ -214,6 +216,13 @@ class Settings:
     )
     predict_batch_size: int = _setting("PREDICT_BATCH_SIZE", 8, "Pairs per forward pass in `/predict`.")
     torch_compile: bool = _setting("TORCH_COMPILE", False, "Compile the network with `torch.compile`.")
+    inference_engine: str = _setting(
+        "INFERENCE_ENGINE",
+        "torch",
+        "What runs trained versions in `/predict` and pool scoring: `torch`, or `onnxruntime` (needs the "
+        "`onnx` extra: each version is exported to ONNX when it is published; a missing or bad export falls "
+        "back to torch with a warning).",
+    )
     # --- Training
     train_every_n_annotations: int = _setting(
         "TRAIN_EVERY_N_ANNOTATIONS",
@@ -264,6 +273,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.inference_engine not in ENGINES:
+            raise SettingsError(f"INFERENCE_ENGINE must be one of {', '.join(ENGINES)}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         if self.allow_unauthenticated and self.basic_auth_user:

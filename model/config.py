@@ -9,6 +9,9 @@ Task = Literal["detection", "segmentation"]
 ClassReduction = Literal["max", "mean"]
 
 TASKS: tuple[str, ...] = ("detection", "segmentation")
+#: What runs the forward pass at inference (:mod:`model.engines`); kept here so the CLI and settings can
+#: name them without importing torch.
+ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from model.data.dataset import collate_pairs, to_tensors
 from model.data.sample import PairRecord
 from model.data.transforms import eval_transform
 from model.device import autocast, select_device
+from model.engines import Engine, make_engine
 from model.inconsistency import Aggregation, inconsistency_maps, pair_scores
 from model.network import NetOutput, ThreeBranchNet
 from model.postprocess import decode_detections, upsample_class_ids
@@ -80,7 +81,9 @@ class Predictor:
         score_threshold: float = 0.3,
         aggregation: Aggregation = "scale_balanced",
         channels_last: bool = True,
+        engine: Engine | None = None,
     ) -> None:
+        self.engine = engine
         self.device = device if isinstance(device, torch.device) else select_device(device)
         self.amp = amp
         self.score_threshold = score_threshold
@@ -90,10 +93,21 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = "auto", **kwargs
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = "auto",
+        *,
+        engine: str = "torch",
+        **kwargs,
     ) -> Predictor:
+        """Load a checkpoint; ``engine="onnxruntime"`` runs its export (``<checkpoint>.onnx`` beside it) and
+        falls back to torch, with a warning, when there is none."""
         model, _ = load_model(path)
-        return cls(model, device, **kwargs)
+        return cls(model, device, engine=make_engine(engine, model, export_path(path)), **kwargs)
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name if self.engine is not None else "torch"
 
     @property
     def config(self):
@@ -108,6 +122,8 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, rgb: Tensor, thermal: Tensor) -> NetOutput:
+        if self.engine is not None:
+            return self.engine(rgb, thermal)
         rgb = rgb.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         thermal = thermal.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.amp):
@@ -218,6 +234,11 @@ class Predictor:
                 )
             )
         return results
+
+
+def export_path(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's exported graph lives: beside it, same name, ``.onnx``."""
+    return Path(checkpoint).with_suffix(".onnx")
 
 
 def score_dataset(
