@@ -258,7 +258,8 @@ def test_killed_workers_job_is_reported_failed_and_training_can_start_again(
 ) -> None:
     """SIGKILL a worker mid-job (no retries left): once its lease runs out, another worker's maintenance
     reports the job failed; the dead job's pending claim does not block the next training round."""
-    settings = dataclasses.replace(queue_settings, job_retries=0)
+    # No failure backoff: this is about the dead job's claim (test_training_backoff.py covers the backoff).
+    settings = dataclasses.replace(queue_settings, job_retries=0, train_failure_backoff=0.0)
     runner = RQRunner(settings, train_job="tests.integration.sample_jobs.stuck_training")
     release = tmp_path / "release"
     env = worker_env(settings, WORKER_LEASE_SECONDS="3", STUCK_JOB_RELEASE=str(release), LOG_LEVEL="INFO")

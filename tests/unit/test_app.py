@@ -270,9 +270,11 @@ def test_annotation_webhooks_count_then_enqueue_one_coalesced_training_job(app: 
     assert "no way to reach Label Studio" in state["error"]
     listed = {j["id"]: j["status"] for j in app.client.get("/jobs").get_json()["jobs"]}
     assert listed[job_id] == "failed" and listed[other["job_id"]] == "failed"
-    # The failed job is no longer pending: the next explicit request starts a new one.
+    # The failed job is no longer pending: the next explicit request makes a new one, deferred by the
+    # failure backoff (TRAIN_FAILURE_BACKOFF) since training just failed.
     again = app.client.post("/webhook", json=webhook("START_TRAINING")).get_json()
-    assert again["status"] == "enqueued" and again["job_id"] != job_id
+    assert again["status"] == "deferred" and again["job_id"] != job_id and again["not_before"]
+    assert runner.job(again["job_id"]).status == "scheduled"
     assert runner.wait_idle(60)
 
 
