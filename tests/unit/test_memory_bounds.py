@@ -212,9 +212,19 @@ def test_predict_refuses_an_image_over_max_decode_bytes(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ segmentation
 def test_upsampled_class_ids_equal_the_full_upsampling() -> None:
     torch.manual_seed(0)
-    shapes = [(5, (32, 40), (250, 333)), (64, (16, 20), (301, 299)), (4, (20, 30), (15, 17))]
-    for channels, source, target in shapes:
-        logits = torch.randn(channels, *source)
+    # Random logits (boundaries everywhere, as an untrained model's) and smooth ones (few boundaries: the
+    # pixels between source pixels of one class take it without interpolation).
+    ramp = torch.linspace(-1, 1, 40)[None, None, :]
+    smooth = ramp * torch.arange(1, 7)[:, None, None] * torch.ones(6, 32, 1)
+    smooth[2, 10:20, 5:25] += 8
+    cases = [
+        (torch.randn(5, 32, 40), (250, 333)),
+        (torch.randn(64, 16, 20), (301, 299)),
+        (torch.randn(4, 20, 30), (15, 17)),
+        (smooth, (250, 333)),
+    ]
+    for logits, target in cases:
+        channels = logits.shape[0]
         full = torch.nn.functional.interpolate(
             logits[None], size=target, mode="bilinear", align_corners=False
         )
