@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from ls_backend.convert import class_names_from_schema, prediction_payload
-from ls_backend.images import FetchError, ImageFetcher, _origin
+from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.jobs import JobContext, set_context
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, TrainingRequest, get_runner, set_runner
 from ls_backend.registry import ProjectInfo
 from ls_backend.settings import Settings
+from ls_backend.url_policy import origin
 from model.inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -161,15 +162,15 @@ class RGBTBackend:
         """
         known = self.registry.project(project)
         configured = self.settings.label_studio_url
-        if hostname and configured and _origin(hostname) != _origin(configured):
+        if hostname and configured and origin(hostname) != origin(configured):
             log.warning(
                 "project %s: /setup named Label Studio at %r; ignored with its token, LABEL_STUDIO_URL is "
                 "the only Label Studio origin",
                 project,
-                _origin(hostname),
+                origin(hostname),
             )
             hostname, access_token = "", ""
-        if hostname and (known is None or _origin(hostname) != _origin(known.hostname)):
+        if hostname and (known is None or origin(hostname) != origin(known.hostname)):
             token = access_token  # another origin: the stored token stays with the old one
         else:
             hostname = hostname or (known.hostname if known else "")

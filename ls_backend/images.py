@@ -13,6 +13,9 @@ Where an image may come from (DESIGN.md section 5: no SSRF, no path traversal):
 * Local paths (``file://`` URLs, absolute paths, paths relative to ``local_root``): only when ``local_root``
   is set and the real path (symlinks resolved) lies under it.
 
+The URL policy lives in :mod:`ls_backend.url_policy`, the on-disk cache in :mod:`ls_backend.image_cache`;
+this module routes each URL, presigns cloud URIs through Label Studio, fetches and decodes.
+
 Whatever the host, connections to link-local addresses (169.254.0.0/16, fe80::/10, which hold the cloud
 metadata services) and to known metadata addresses are refused, checked on the resolved addresses before
 connecting and on the connected peer (so DNS rebinding cannot slip through). Redirects are followed by hand,
@@ -26,9 +29,9 @@ sample) through :func:`model.data.io.decode_image`'s header check (what :func:`~
 process-wide :class:`~model.data.io.DecodeBudget` (``decode_budget`` bytes), waiting at most
 ``decode_wait`` seconds (then :class:`DecodeBusy`, 429). A fetcher given a deadline (:meth:`ImageFetcher.
 with_deadline`, what ``/predict`` uses) cuts every socket wait, body read and budget wait at that deadline
-(:class:`FetchDeadline`). Fetched bytes
-are kept in a small on-disk cache (:class:`DiskCache`) so pool scoring, ``/predict`` and training rounds do
-not download the same image again.
+(:class:`FetchDeadline`). Fetched bytes are kept in a small on-disk cache
+(:class:`~ls_backend.image_cache.DiskCache`) so pool scoring, ``/predict`` and training rounds do not
+download the same image again.
 
 Every failure is a :class:`FetchError` whose ``status`` is the HTTP status the backend answers with.
 """
@@ -38,29 +41,30 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import hashlib
-import ipaddress
 import logging
 import os
 import re
-import socket
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urljoin, urlsplit
 
 import cv2
 import numpy as np
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from ls_backend.image_cache import DiskCache
 from ls_backend.label_config import ProjectSchema
+from ls_backend.url_policy import (
+    BlockedAddress,
+    guarded_session,
+    host_allowed,
+    is_windows_path,
+    origin,
+    redact_url,
+)
 from model.data.io import (
     DecodeBudget,
     DecodeBusyError,
@@ -76,7 +80,6 @@ from model.data.io import (
 __all__ = [
     "BadImageURL",
     "DecodeBusy",
-    "DiskCache",
     "FetchDeadline",
     "FetchError",
     "ForbiddenImageURL",
@@ -87,8 +90,6 @@ __all__ = [
     "PairSizeMismatch",
     "StudioLike",
     "UpstreamError",
-    "host_allowed",
-    "is_blocked_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,9 +105,6 @@ _STUDIO_PATH = re.compile(
     r"^/(data/upload/|data/local-files/?(\?|$)|(tasks|projects)/\d+/(presign|resolve)/)"
 )
 
-# Metadata services outside the link-local ranges: AWS over IPv6 (fd00:ec2::254), Alibaba Cloud.
-_METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200"))
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 _CHUNK = 64 * 1024
 
@@ -160,7 +158,6 @@ class UpstreamError(FetchError):
     status = 502
 
 
-_USERINFO = re.compile(r"(//)[^/?#]*@")
 
 
 class FetchDeadline(UpstreamError):
@@ -173,303 +170,6 @@ class DecodeBusy(FetchError):
     """The process's decode memory budget stayed full for the whole wait: the caller should try again."""
 
     status = 429
-
-
-def _display(url: str) -> str:
-    """The URL for messages and logs: user and password (``user:pass@host``) and query strings dropped
-    (presigned URLs carry credentials), except Label Studio's own ``d=`` / ``fileuri=`` parameters, which name
-    the file."""
-    url = _USERINFO.sub(r"\1***@", url, count=1)
-    if len(url) > 300:
-        url = url[:300] + "..."
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. "http://[::1": not a URL, shown without what follows a "?"
-        return url.split("?", 1)[0] + ("?..." if "?" in url else "")
-    if not parts.query:
-        return url
-    keep = {k: v for k, v in parse_qs(parts.query).items() if k in ("d", "fileuri")}
-    query = "&".join(f"{k}={v[0]}" for k, v in keep.items()) if keep else "..."
-    return parts._replace(query=query, fragment="").geturl()
-
-
-# ------------------------------------------------------------------------------------------ network guard
-def is_blocked_address(address: str) -> bool:
-    """True for addresses no image fetch may connect to: link-local (IPv4 169.254.0.0/16, IPv6 fe80::/10,
-    cloud metadata services live there) and known metadata addresses, also when embedded in IPv6."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return True  # not an IP address: refuse rather than guess
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.is_link_local or ip in _METADATA_ADDRESSES
-
-
-class _BlockedAddress(Exception):
-    """Raised from inside urllib3's connect; not an OSError so no retry or wrapping layer swallows it."""
-
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to the blocked address {address}")
-        self.host, self.address = host, address
-
-
-class _GuardMixin:
-    """Refuse blocked destinations before connecting, and check the connected peer afterwards."""
-
-    _dns_host: str
-    port: int
-
-    def _new_conn(self) -> socket.socket:
-        host = self._dns_host
-        try:
-            infos = socket.getaddrinfo(host, self.port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError):
-            infos = []  # let urllib3 report the resolution failure
-        for info in infos:
-            if is_blocked_address(str(info[4][0])):
-                raise _BlockedAddress(host, str(info[4][0]))
-        sock = super()._new_conn()  # type: ignore[misc]
-        peer = str(sock.getpeername()[0])
-        if is_blocked_address(peer):  # DNS answered differently the second time
-            sock.close()
-            raise _BlockedAddress(host, peer)
-        return sock
-
-
-class _GuardedHTTPConnection(_GuardMixin, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_GuardMixin, HTTPSConnection):
-    pass
-
-
-class _GuardedHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
-
-
-class _GuardedAdapter(HTTPAdapter):
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
-
-
-_sessions = threading.local()
-
-
-def _session() -> requests.Session:
-    """A per-thread session (connection reuse) whose connections go through the address guard."""
-    session = getattr(_sessions, "session", None)
-    if session is None:
-        session = requests.Session()
-        session.trust_env = False  # no env proxies (the guard must see the real peer) and no .netrc auth
-        adapter = _GuardedAdapter(max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        _sessions.session = session
-    return session
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) with default ports filled in; None when the URL has no host (or is invalid)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return None
-    if not parts.hostname or parts.scheme not in ("http", "https"):
-        return None
-    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
-
-
-def host_allowed(url: str, allowed_hosts: Sequence[str]) -> bool:
-    """Whether the URL's host matches an entry: ``host`` (any port), ``host:port``, or ``*.domain`` (any
-    subdomain of ``domain``, not ``domain`` itself). Case-insensitive."""
-    origin = _origin(url)
-    if origin is None:
-        return False
-    _, host, port = origin
-    for entry in allowed_hosts:
-        entry = entry.strip().lower()
-        if not entry:
-            continue
-        pattern, _, entry_port = entry.rpartition(":") if _has_port(entry) else (entry, "", "")
-        if entry_port and int(entry_port) != port:
-            continue
-        pattern = pattern.strip("[]")
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]):  # ".example.com": a subdomain, never the bare domain
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
-def _has_port(entry: str) -> bool:
-    # "host:8080", "[::1]:8080" have a port; "::1" and "[::1]" do not.
-    if entry.startswith("["):
-        return "]:" in entry
-    return entry.count(":") == 1 and entry.rsplit(":", 1)[1].isdigit()
-
-
-# ------------------------------------------------------------------------------------------ cache
-class _KeyedLocks:
-    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
-class DiskCache:
-    """Bytes on disk keyed by sha256 of a string (the image URL), bounded in total size, LRU.
-
-    * Writes go to a temporary file in the cache folder and are renamed into place (``os.replace`` is atomic),
-      so readers in any thread or process see a whole file or none.
-    * A hit refreshes the file's mtime; eviction removes the least recently used files (oldest mtime) until
-      the total is under 90% of ``max_bytes``. The total is tracked per process, recounted from disk every
-      :attr:`RECOUNT_SECONDS` and before evicting, so several processes sharing the folder keep it bounded.
-    * Files that vanish (evicted by another process) read as misses.
-
-    Use :meth:`shared` to get one instance per folder within a process.
-    """
-
-    #: Seconds between recounts of the folder's total size (other processes' writes).
-    RECOUNT_SECONDS: ClassVar[float] = 30.0
-
-    _instances: ClassVar[dict[tuple[Path, int], DiskCache]] = {}
-    _instances_lock: ClassVar[threading.Lock] = threading.Lock()
-
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = Path(root)
-        self.max_bytes = int(max_bytes)
-        self._lock = threading.Lock()
-        self._size: int | None = None  # counted lazily: constructing a cache stays cheap
-        self._counted_at = 0.0
-        self.locks = _KeyedLocks()
-
-    @classmethod
-    def shared(cls, root: Path, max_bytes: int) -> DiskCache:
-        key = (Path(root).resolve(), int(max_bytes))
-        with cls._instances_lock:
-            if key not in cls._instances:
-                cls._instances[key] = cls(key[0], key[1])
-            return cls._instances[key]
-
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / key
-
-    def get(self, key: str) -> bytes | None:
-        path = self.path(key)
-        try:
-            data = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        with contextlib.suppress(OSError):
-            os.utime(path)  # LRU: mark as recently used
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.max_bytes:
-            return
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f"-{key[:8]}")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        with self._lock:
-            # Other processes write to the folder too: recount from disk now and then, count our own writes
-            # in between.
-            if self._size is None or time.monotonic() - self._counted_at > self.RECOUNT_SECONDS:
-                self._size, self._counted_at = self._count(), time.monotonic()
-            else:
-                self._size += len(data)
-            over = self._size > self.max_bytes
-        if over:
-            self.evict()
-
-    def discard(self, key: str) -> None:
-        with contextlib.suppress(OSError):
-            self.path(key).unlink()
-
-    def _entries(self) -> list[tuple[float, int, Path]]:
-        entries = []
-        stale = time.time() - 3600
-        for folder in self.root.glob("??"):
-            with contextlib.suppress(OSError):
-                for entry in os.scandir(folder):
-                    with contextlib.suppress(OSError):
-                        stat = entry.stat()
-                        if entry.name.startswith(".tmp-"):
-                            if stat.st_mtime < stale:  # left by a killed writer
-                                os.unlink(entry.path)
-                            continue
-                        entries.append((stat.st_mtime, stat.st_size, Path(entry.path)))
-        return entries
-
-    def _count(self) -> int:
-        return sum(size for _, size, _ in self._entries())
-
-    def evict(self) -> None:
-        """Remove least recently used files until the total is under 90% of ``max_bytes``."""
-        with self._lock:
-            entries = sorted(self._entries(), key=lambda e: e[0])
-            total = sum(size for _, size, _ in entries)
-            target = int(self.max_bytes * 0.9)
-            for _, size, path in entries:
-                if total <= target:
-                    break
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                total -= size
-            self._size, self._counted_at = total, time.monotonic()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child (an RQ work horse) starts with fresh sessions and caches: it must not reuse its parent's
-    pooled sockets, nor wait on locks that other threads of the parent held at the fork."""
-    global _sessions
-    _sessions = threading.local()
-    DiskCache._instances = {}
-    DiskCache._instances_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ------------------------------------------------------------------------------------------ fetcher
@@ -551,7 +251,7 @@ class ImageFetcher:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise FetchDeadline(
-                f"image URL {_display(url)!r}: not loaded before the request's deadline "
+                f"image URL {redact_url(url)!r}: not loaded before the request's deadline "
                 "(PREDICT_DEADLINE_SECONDS)",
                 url=url,
             )
@@ -582,9 +282,10 @@ class ImageFetcher:
                 or isinstance(error, BadImageURL)  # refused before any connection: nothing to learn
             ):
                 raise
-            log.warning("image URL %s: %s", _display(url), error)
+            log.warning("image URL %s: %s", redact_url(url), error)
             raise UpstreamError(
-                f"image URL {_display(url)!r}: Label Studio did not serve it (details in the backend's log)",
+                f"image URL {redact_url(url)!r}: Label Studio did not serve it "
+                "(details in the backend's log)",
                 url=url,
             ) from error
 
@@ -603,11 +304,13 @@ class ImageFetcher:
             raise BadImageURL(f"image URL must be a non-empty string, got {url!r}", url=str(url))
         url = url.strip()
         if any(ord(c) < 32 for c in url):
-            raise BadImageURL(f"image URL {_display(url)!r} contains control characters", url=url)
+            raise BadImageURL(f"image URL {redact_url(url)!r} contains control characters", url=url)
         try:
             parts = urlsplit(url)
         except ValueError as error:  # e.g. an unclosed IPv6 bracket
-            raise BadImageURL(f"image URL {_display(url)!r} is not a valid URL: {error}", url=url) from error
+            raise BadImageURL(
+                f"image URL {redact_url(url)!r} is not a valid URL: {error}", url=url
+            ) from error
         scheme = parts.scheme.lower()
         if not scheme and _STUDIO_PATH.match(url):
             # The path, and the file Label Studio is asked for (local-files "d=", presign "fileuri="):
@@ -620,26 +323,26 @@ class ImageFetcher:
             ]
             if any(".." in text.replace("\\", "/").split("/") for text in named):
                 raise BadImageURL(
-                    f"image URL {_display(url)!r}: dot segments in a Label Studio path", url=url
+                    f"image URL {redact_url(url)!r}: dot segments in a Label Studio path", url=url
                 )
             return "studio", self._studio_url(url)
-        if scheme == "file" or not scheme or _is_windows_path(url):
+        if scheme == "file" or not scheme or is_windows_path(url):
             return "local", url
         if scheme in CLOUD_SCHEMES:
             return "cloud", url
         if scheme not in ("http", "https"):
             raise BadImageURL(
-                f"image URL {_display(url)!r}: unsupported scheme {scheme!r} (http, https, file, "
+                f"image URL {redact_url(url)!r}: unsupported scheme {scheme!r} (http, https, file, "
                 f"{', '.join(sorted(CLOUD_SCHEMES))} or a Label Studio path)",
                 url=url,
             )
-        if _origin(url) is None:
-            raise BadImageURL(f"image URL {_display(url)!r} has no valid host", url=url)
+        if origin(url) is None:
+            raise BadImageURL(f"image URL {redact_url(url)!r} has no valid host", url=url)
         if self._on_studio(url):
             return "studio", url
         if not host_allowed(url, self.allowed_hosts):
             raise ForbiddenImageURL(
-                f"image URL {_display(url)!r}: host {parts.hostname!r} is not Label Studio and "
+                f"image URL {redact_url(url)!r}: host {parts.hostname!r} is not Label Studio and "
                 "not in ALLOWED_IMAGE_HOSTS",
                 url=url,
             )
@@ -658,14 +361,14 @@ class ImageFetcher:
             try:
                 self.cache.put(key, data)
             except OSError as error:  # a full or read-only disk must not fail the fetch
-                log.warning("image cache: cannot store %s: %s", _display(key_text), error)
+                log.warning("image cache: cannot store %s: %s", redact_url(key_text), error)
             return data
 
     # ---------------------------------------------------------------- Label Studio
     def _require_studio(self, url: str) -> StudioLike:
         if self.studio is None:
             raise UpstreamError(
-                f"image URL {_display(url)!r} is served by Label Studio, but this backend has no Label "
+                f"image URL {redact_url(url)!r} is served by Label Studio, but this backend has no Label "
                 "Studio connection (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or connect the backend "
                 "from Label Studio)",
                 url=url,
@@ -680,7 +383,7 @@ class ImageFetcher:
             raise
         except Exception as error:  # StudioError, or a token the client cannot use
             raise UpstreamError(
-                f"image URL {_display(url)!r}: cannot authenticate with Label Studio: {error}", url=url
+                f"image URL {redact_url(url)!r}: cannot authenticate with Label Studio: {error}", url=url
             ) from error
 
     def _studio_url(self, url: str) -> str:
@@ -691,17 +394,17 @@ class ImageFetcher:
             return None
         if self._studio_base is None:
             self._studio_base = self.studio.resolve_url("/")
-        return _origin(self._studio_base)
+        return origin(self._studio_base)
 
     def _on_studio(self, url: str) -> bool:
-        origin = _origin(url)
-        return origin is not None and origin == self._studio_origin()
+        url_origin = origin(url)
+        return url_origin is not None and url_origin == self._studio_origin()
 
     def _fetch_cloud(self, uri: str, task_id: int | None) -> bytes:
         self._require_studio(uri)
         if task_id is None:
             raise BadImageURL(
-                f"image URI {_display(uri)!r} is in cloud storage: it is fetched through Label Studio's "
+                f"image URI {redact_url(uri)!r} is in cloud storage: it is fetched through Label Studio's "
                 "presign endpoint, which needs the task id",
                 url=uri,
             )
@@ -716,31 +419,31 @@ class ImageFetcher:
         trusted: set[tuple[str, str, int]] = {studio_origin} if studio_origin else set()
         current = url
         for hop in range(MAX_REDIRECTS + 1):
-            origin = _origin(current)
+            hop_origin = origin(current)
             headers = {"Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
-            if studio and origin == studio_origin:
+            if studio and hop_origin == studio_origin:
                 headers.update(self._studio_auth(display))
             timeout = self._time_left(display, self.timeout)
             try:
-                response = _session().get(
+                response = guarded_session().get(
                     current, headers=headers, stream=True, allow_redirects=False, timeout=timeout
                 )
-            except _BlockedAddress as error:
-                raise ForbiddenImageURL(f"image URL {_display(display)!r}: {error}", url=display) from error
+            except BlockedAddress as error:
+                raise ForbiddenImageURL(f"image URL {redact_url(display)!r}: {error}", url=display) from error
             except requests.Timeout as error:
                 self._time_left(display, 0)  # the request's deadline, when that is what ran out
                 raise UpstreamError(
-                    f"image URL {_display(display)!r}: timed out after {self.timeout:g} s", url=display
+                    f"image URL {redact_url(display)!r}: timed out after {self.timeout:g} s", url=display
                 ) from error
             except requests.RequestException as error:
                 raise UpstreamError(
-                    f"image URL {_display(display)!r}: cannot reach {urlsplit(current).netloc}: "
+                    f"image URL {redact_url(display)!r}: cannot reach {urlsplit(current).netloc}: "
                     f"{type(error).__name__}",
                     url=display,
                 ) from error
             except ValueError as error:  # requests parses a redirect's Location even when not following it
                 raise UpstreamError(
-                    f"image URL {_display(display)!r}: {urlsplit(current).netloc} answered with an invalid "
+                    f"image URL {redact_url(display)!r}: {urlsplit(current).netloc} answered with an invalid "
                     f"redirect ({error})",
                     url=display,
                 ) from error
@@ -752,13 +455,14 @@ class ImageFetcher:
                         target = ""  # an invalid Location: refused below like a non-http one
                     if hop == MAX_REDIRECTS:
                         raise UpstreamError(
-                            f"image URL {_display(display)!r}: more than {MAX_REDIRECTS} redirects",
+                            f"image URL {redact_url(display)!r}: more than {MAX_REDIRECTS} redirects",
                             url=display,
                         )
-                    target_origin = _origin(target)
+                    target_origin = origin(target)
                     if target_origin is None:
                         raise ForbiddenImageURL(
-                            f"image URL {_display(display)!r}: redirect to a non-http or invalid URL refused",
+                            f"image URL {redact_url(display)!r}: redirect to a non-http or invalid URL "
+                            "refused",
                             url=display,
                         )
                     if (
@@ -767,43 +471,44 @@ class ImageFetcher:
                         and urlsplit(target).path.startswith("/user/login")
                     ):
                         raise UpstreamError(
-                            f"image URL {_display(display)!r}: Label Studio redirected to its login page, "
+                            f"image URL {redact_url(display)!r}: Label Studio redirected to its login page, "
                             "the backend's token was not accepted",
                             url=display,
                         )
-                    if presign and origin == studio_origin and target_origin != studio_origin:
+                    if presign and hop_origin == studio_origin and target_origin != studio_origin:
                         # Label Studio redirects to the presigned URL on the bucket's host: trust that host.
                         trusted.add(target_origin)
                     elif target_origin not in trusted and not host_allowed(target, self.allowed_hosts):
                         raise ForbiddenImageURL(
-                            f"image URL {_display(display)!r}: redirect to {target_origin[1]!r} refused "
+                            f"image URL {redact_url(display)!r}: redirect to {target_origin[1]!r} refused "
                             "(host not allowed)",
                             url=display,
                         )
                     current = target
                     continue
-                return self._read_body(response, display, studio=studio and origin == studio_origin)
+                return self._read_body(response, display, studio=studio and hop_origin == studio_origin)
         raise AssertionError("unreachable")
 
     def _read_body(self, response: requests.Response, display: str, *, studio: bool) -> bytes:
         if response.status_code in (404, 410):
             raise ImageNotFound(
-                f"image URL {_display(display)!r}: not found (HTTP {response.status_code})", url=display
+                f"image URL {redact_url(display)!r}: not found (HTTP {response.status_code})", url=display
             )
         if studio and response.status_code in (401, 403):
             raise UpstreamError(
-                f"image URL {_display(display)!r}: Label Studio refused the backend's token "
+                f"image URL {redact_url(display)!r}: Label Studio refused the backend's token "
                 f"(HTTP {response.status_code}); check LABEL_STUDIO_API_KEY",
                 url=display,
             )
         if not 200 <= response.status_code < 300:
             raise UpstreamError(
-                f"image URL {_display(display)!r}: upstream answered HTTP {response.status_code}", url=display
+                f"image URL {redact_url(display)!r}: upstream answered HTTP {response.status_code}",
+                url=display,
             )
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.max_bytes:
             raise ImageTooLarge(
-                f"image URL {_display(display)!r}: {int(length)} bytes, more than the limit of "
+                f"image URL {redact_url(display)!r}: {int(length)} bytes, more than the limit of "
                 f"{self.max_bytes} (MAX_IMAGE_BYTES)",
                 url=display,
             )
@@ -822,11 +527,11 @@ class ImageFetcher:
                 received += len(chunk)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             raise UpstreamError(
-                f"image URL {_display(display)!r}: transfer failed: {type(error).__name__}", url=display
+                f"image URL {redact_url(display)!r}: transfer failed: {type(error).__name__}", url=display
             ) from error
         if received > self.max_bytes:
             raise ImageTooLarge(
-                f"image URL {_display(display)!r}: more than the limit of {self.max_bytes} bytes "
+                f"image URL {redact_url(display)!r}: more than the limit of {self.max_bytes} bytes "
                 "(MAX_IMAGE_BYTES)",
                 url=display,
             )
@@ -842,7 +547,7 @@ class ImageFetcher:
         if parts.scheme.lower() == "file":
             if parts.netloc not in ("", "localhost"):
                 raise ForbiddenImageURL(
-                    f"image URL {_display(url)!r}: file URLs on other hosts are refused", url=url
+                    f"image URL {redact_url(url)!r}: file URLs on other hosts are refused", url=url
                 )
             raw = unquote(parts.path)
         else:
@@ -907,15 +612,15 @@ class ImageFetcher:
                 return array, info
             except DecodeBusyError as error:
                 self._time_left(url, 0)  # the request's deadline, when that is what ran out
-                raise DecodeBusy(f"image URL {_display(url)!r}: {error}", url=url) from error
+                raise DecodeBusy(f"image URL {redact_url(url)!r}: {error}", url=url) from error
             except ImageTooLargeError as error:
                 raise ImageTooLarge(
-                    f"image URL {_display(url)!r}: {error} (MAX_IMAGE_PIXELS, MAX_DECODE_BYTES)", url=url
+                    f"image URL {redact_url(url)!r}: {error} (MAX_IMAGE_PIXELS, MAX_DECODE_BYTES)", url=url
                 ) from error
             except ImageDecodeError as error:
                 self.forget(url)  # do not keep serving a truncated or wrong body
                 raise NotAnImage(
-                    f"image URL {_display(url)!r} is not a readable image: {error}", url=url
+                    f"image URL {redact_url(url)!r} is not a readable image: {error}", url=url
                 ) from error
 
     def load_pair(
@@ -961,8 +666,3 @@ class ImageFetcher:
         if rgb.shape[:2] != thermal.shape[:2]:  # sizes differ, or equal sizes reduced differently
             thermal = cv2.resize(thermal, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
         return rgb, thermal, (rgb_info.height, rgb_info.width)
-
-
-def _is_windows_path(url: str) -> bool:
-    # "C:\images\a.png" parses with scheme "c": it is a local path, not a URL.
-    return len(url) > 2 and url[0].isalpha() and url[1] == ":" and url[2] in "\\/"

@@ -28,12 +28,13 @@ from ls_backend.convert import (
     latest_annotation,
     prediction_payload,
 )
-from ls_backend.images import FetchError, ImageFetcher, _origin
+from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import current_job_id, get_runner, report_progress
 from ls_backend.registry import ModelRegistry, RegistryError
 from ls_backend.settings import Settings
 from ls_backend.studio import StudioClient
+from ls_backend.url_policy import origin
 from model.config import NetConfig
 from model.data.dataset import PairDataset
 from model.data.memory import InMemoryReader
@@ -72,7 +73,7 @@ class JobContext:
         if self.settings.label_studio_url:
             url = self.settings.label_studio_url
             token = self.settings.label_studio_api_key
-            same_origin = info is not None and (not info.hostname or _origin(info.hostname) == _origin(url))
+            same_origin = info is not None and (not info.hostname or origin(info.hostname) == origin(url))
             if not token and info is not None and same_origin:
                 token = info.access_token
         else:

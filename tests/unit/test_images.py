@@ -30,10 +30,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ls_backend.image_cache import DiskCache
 from ls_backend.images import (
     MAX_REDIRECTS,
     BadImageURL,
-    DiskCache,
     FetchError,
     ForbiddenImageURL,
     ImageFetcher,
@@ -42,10 +42,9 @@ from ls_backend.images import (
     NotAnImage,
     PairSizeMismatch,
     UpstreamError,
-    host_allowed,
-    is_blocked_address,
 )
 from ls_backend.label_config import schema_from_config
+from ls_backend.url_policy import host_allowed, is_blocked_address
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # shaped like a legacy token
 SCHEMA = schema_from_config(
