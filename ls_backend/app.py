@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from ls_backend.auth import configured_credentials
 from ls_backend.backend import BadRequest, RGBTBackend, project_key
 from ls_backend.images import FetchError
+from ls_backend.jobs import install_context
 from ls_backend.label_config import LabelConfigError
 from ls_backend.queues import QueueUnavailable
 from ls_backend.registry import RegistryError
@@ -343,6 +344,9 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one log line per Label Studio request
     backend = backend or RGBTBackend(settings)
+    # The app owns its process's wiring: embedded jobs (no REDIS_URL) run in this process and find the
+    # backend's context (registry, clients, loaded models) through it.
+    install_context(backend.context)
     credentials = configured_credentials(settings)
     if credentials is None and not settings.allow_unauthenticated:
         log.error(

@@ -19,9 +19,9 @@ import torch
 
 from ls_backend.convert import class_names_from_schema, prediction_payload
 from ls_backend.images import FetchError, ImageFetcher
-from ls_backend.jobs import JobContext, set_context
+from ls_backend.jobs import JobContext
 from ls_backend.label_config import ProjectSchema, schema_from_config
-from ls_backend.queues import JobRunner, TrainingRequest, get_runner, set_runner
+from ls_backend.queues import JobRunner, TrainingRequest
 from ls_backend.registry import ProjectInfo
 from ls_backend.settings import Settings
 from ls_backend.url_policy import origin
@@ -96,13 +96,14 @@ def project_key(value: Any) -> str:
 class RGBTBackend:
     """Pre-annotations from the fused branch, priorities from cross-modality inconsistency."""
 
-    def __init__(self, settings: Settings, runner: JobRunner | None = None) -> None:
+    def __init__(
+        self, settings: Settings, runner: JobRunner | None = None, context: JobContext | None = None
+    ) -> None:
+        """``context``: the process's job context (built from ``settings`` and ``runner`` when not given).
+        Nothing global is set here: ``create_app`` installs the context for the jobs it runs in-process."""
         self.settings = settings
-        self.context = JobContext(settings)
-        set_context(self.context)  # embedded jobs run in this process and share loaded models
-        if runner is not None:
-            set_runner(runner)
-        self.runner = get_runner(settings)
+        self.context = context or JobContext(settings, runner=runner)
+        self.runner = self.context.runner
         self._initial: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
 

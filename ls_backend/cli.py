@@ -76,16 +76,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env(**overrides)
     if not settings.redis_url:
         raise CommandError("REDIS_URL is not set: without Redis, jobs run inside `rgbt-al serve`")
-    from ls_backend.jobs import JobContext, set_context
-    from ls_backend.queues import RQRunner, set_runner
+    from ls_backend.jobs import JobContext, install_context
+    from ls_backend.queues import RQRunner
     from ls_backend.worker import LeasedWorker
 
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runner = RQRunner(settings)
     if not runner.ping():
         raise CommandError(f"cannot reach Redis at {settings.redis_url}")
-    set_runner(runner)
-    set_context(JobContext(settings))
+    install_context(JobContext(settings, runner=runner))
     # Jobs run in this process (loaded models stay in memory between jobs, CUDA is never used across a
     # fork), each on a lease renewed while it runs: a killed worker's job is retried or reported failed.
     worker = LeasedWorker(

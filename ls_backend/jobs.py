@@ -30,7 +30,7 @@ from ls_backend.convert import (
 )
 from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.label_config import ProjectSchema, schema_from_config
-from ls_backend.queues import current_job_id, get_runner, report_progress
+from ls_backend.queues import JobRunner, current_job_id, make_runner, report_progress
 from ls_backend.registry import ModelRegistry, RegistryError
 from ls_backend.settings import Settings
 from ls_backend.studio import StudioClient
@@ -57,6 +57,8 @@ class JobContext:
     """Per-process resources shared by jobs: settings, registry, Label Studio clients, loaded models."""
 
     settings: Settings
+    #: How jobs are queued: the app's runner, or the worker's; made from the settings when not given.
+    runner: JobRunner = None  # type: ignore[assignment]  # filled in by __post_init__
     registry: ModelRegistry = field(init=False)
     _studios: dict[tuple[str, str], StudioClient] = field(default_factory=dict, init=False)
     _predictors: OrderedDict[tuple[str, str], Predictor] = field(default_factory=OrderedDict, init=False)
@@ -64,6 +66,8 @@ class JobContext:
 
     def __post_init__(self) -> None:
         self.registry = ModelRegistry(self.settings.model_dir)
+        if self.runner is None:
+            self.runner = make_runner(self.settings)
 
     def connection(self, project: str) -> tuple[str, str]:
         """(Label Studio URL, token) for a project. With LABEL_STUDIO_URL set: that URL, with
@@ -166,17 +170,22 @@ class JobContext:
         )
 
 
+# The process's context: job functions take plain arguments (RQ serialises them), so they find their
+# registry, clients and loaded models here. Installed by whoever owns the process: `create_app` (embedded
+# jobs run in the server and share its loaded models) and `rgbt-al worker`.
 _context: JobContext | None = None
 _context_lock = threading.Lock()
 
 
-def set_context(context: JobContext | None) -> None:
+def install_context(context: JobContext | None) -> None:
+    """Make ``context`` the one job functions of this process use (None: forget it)."""
     global _context
     with _context_lock:
         _context = context
 
 
 def get_context() -> JobContext:
+    """The installed context; a process nobody wired (a bare ``rq worker``) gets one from the environment."""
     global _context
     with _context_lock:
         if _context is None:
@@ -234,7 +243,7 @@ def load_labelled_records(
 def train_project(project: str) -> dict[str, Any]:
     """Fine-tune the project's model on every labelled task, publish a new version, enqueue pool scoring."""
     context = get_context()
-    runner = get_runner(context.settings)
+    runner = context.runner
     job_id = current_job_id()
     if job_id:
         # From now on new annotations queue another round instead of joining this one.
@@ -337,14 +346,12 @@ def _plain(value: Any) -> Any:
 def score_pool(project: str, version: str) -> dict[str, Any]:
     """Score every unlabelled task with ``version`` and push the predictions, sharded across workers."""
     context = get_context()
-    runner = get_runner(context.settings)
+    runner = context.runner
     studio = context.studio(project)
     report_progress(0.0, "listing unlabelled tasks")
     tasks = [(t["id"], t["data"]) for t in studio.iter_tasks(int(project), labeled=False)]
     shards = list(_chunks(tasks, context.settings.score_shard_size))
-    from ls_backend.queues import RQRunner
-
-    if isinstance(runner, RQRunner) and len(shards) > 1:
+    if runner.can_shard and len(shards) > 1:
         shard_jobs = [
             runner.enqueue(
                 "ls_backend.jobs.score_shard",

@@ -94,6 +94,8 @@ class TrainingRequest:
 
 class JobRunner(Protocol):
     settings: Settings
+    #: Whether jobs may run in parallel in other processes (pool scoring then splits into shard jobs).
+    can_shard: bool
 
     def enqueue(
         self,
@@ -180,6 +182,8 @@ class _ThreadJob:
 
 class ThreadRunner:
     """The embedded default: one background thread runs jobs in order, in the server process."""
+
+    can_shard = False  # one thread: shards would only queue behind each other
 
     def __init__(self, settings: Settings, history: int = 200, train_job: str = TRAIN_JOB) -> None:
         self.settings = settings
@@ -365,6 +369,8 @@ class ThreadRunner:
 # --------------------------------------------------------------------------------------------- RQ
 class RQRunner:
     """RQ queues in Redis; `rgbt-al worker` processes run the jobs (one per GPU)."""
+
+    can_shard = True
 
     def __init__(self, settings: Settings, connection=None, train_job: str = TRAIN_JOB) -> None:
         from redis import Redis
@@ -601,22 +607,6 @@ def training_succeeded(job: Any, connection: Any, result: Any, *args: Any, **kwa
         connection.delete(_backoff_key(job.origin, str(job.args[0])))
 
 
-_runner: JobRunner | None = None
-_runner_lock = threading.Lock()
-
-
-def set_runner(runner: JobRunner | None) -> None:
-    """Install the process's runner (the server does this at start; tests swap it)."""
-    global _runner
-    with _runner_lock:
-        _runner = runner
-
-
-def get_runner(settings: Settings | None = None) -> JobRunner:
-    """The process's runner, created on first use: RQ when REDIS_URL is set, else the embedded thread."""
-    global _runner
-    with _runner_lock:
-        if _runner is None:
-            settings = settings or Settings.from_env()
-            _runner = RQRunner(settings) if settings.redis_url else ThreadRunner(settings)
-        return _runner
+def make_runner(settings: Settings) -> JobRunner:
+    """RQ when REDIS_URL is set, else the embedded thread."""
+    return RQRunner(settings) if settings.redis_url else ThreadRunner(settings)

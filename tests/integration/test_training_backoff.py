@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ls_backend.jobs import JobContext, set_context
-from ls_backend.queues import MAX_TRAIN_BACKOFF, RQRunner, ThreadRunner, backoff_delay, set_runner
+from ls_backend.jobs import JobContext, install_context
+from ls_backend.queues import MAX_TRAIN_BACKOFF, RQRunner, ThreadRunner, backoff_delay
 from ls_backend.registry import ModelRegistry, ProjectInfo
 from ls_backend.settings import Settings
 from ls_backend.worker import LeasedWorker
@@ -42,8 +42,7 @@ def test_rq_failed_training_is_deferred_not_repeated(queue_settings: Settings, t
         ProjectInfo("7", DETECTION_CONFIG, f"http://127.0.0.1:{_closed_port()}", "0" * 40)
     )
     runner = RQRunner(settings)
-    set_context(JobContext(settings))
-    set_runner(runner)
+    install_context(JobContext(settings, runner=runner))
     statuses: Counter[str] = Counter()
     try:
         for _ in range(ROUNDS):
@@ -53,8 +52,7 @@ def test_rq_failed_training_is_deferred_not_repeated(queue_settings: Settings, t
                 burst=True, with_scheduler=True
             )
     finally:
-        set_context(None)
-        set_runner(None)
+        install_context(None)
     assert runner.queue.failed_job_registry.count == 1, statuses
     assert runner.queue.scheduled_job_registry.count == 1, statuses
     assert statuses["enqueued"] == 1 and statuses["deferred"] == 1, statuses
