@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import benchutil
 
     repo = benchutil.REPO
+    after_commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as temp:
         root = Path(temp)
         folder = root / "images"
@@ -239,14 +242,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                 print(f"{case} / {name} ...", flush=True)
                 row[name] = child(code, case, folder, env, args.concurrent)
+                row[name]["commit"] = args.before if name == "before" else after_commit
                 print(f"  {row[name]}", flush=True)
             cases[case] = row
     return {
         "what": "peak resident memory added by one request or decode (VmHWM minus VmRSS before), MiB",
         "before_commit": args.before,
-        "after_commit": subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "after_commit": after_commit,
         "model_width": args.width,
         "concurrent_decodes": args.concurrent,
         "inputs": inputs,
@@ -293,8 +295,8 @@ def _cell(row: dict[str, Any] | None) -> str:
 
 def readme_table(result: dict[str, Any]) -> str:
     lines = [
-        f"Peak resident memory added, old code ({result['before_commit']}) against this one "
-        f"({result.get('after_commit', '?')}), model width {result['model_width']}, "
+        f"Peak resident memory added, old code ({result['before_commit']}) against this branch (the commit "
+        f"of each figure is in the JSON), model width {result['model_width']}, "
         f"{result['machine']['cpu_count']} CPU cores:",
         "",
         "| Case | Before | After (defaults) | After, MAX_DECODE_BYTES raised to 512 MiB |",
