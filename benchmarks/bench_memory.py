@@ -17,8 +17,12 @@ Cases:
   8-thread fetch pool's worst case). The old code is run only where the estimate fits in half the available
   memory (the machine is shared); otherwise its figure is the estimate, marked so.
 * ``segmentation_64_labels``: `/predict` with a 64-label BrushLabels config on a 4000x4000 pair (8-bit PNGs).
+* ``detection_small_pair``, ``segmentation_64_labels_small_pair``: the same requests on a 64x80 pair: what the
+  network's forward pass at ``MODEL_IMAGE_SIZE`` costs whatever the image size (its activations are freed
+  after the warm-up request, so they count again), the floor of the cases above.
 
     python benchmarks/bench_memory.py             # writes "memory" into benchmarks/results/reliability.json
+    python benchmarks/bench_memory.py --readme-only   # the README's table from the recorded figures
 """
 
 from __future__ import annotations
@@ -81,7 +85,9 @@ def run_case(case: str, folder: Path, concurrent: int) -> dict[str, Any]:
             outcomes = sorted(set(pool.map(decode, range(concurrent))))
         outcome = "; ".join(outcomes)
     else:
-        if case.startswith("segmentation"):
+        if case.endswith("small_pair"):
+            tasks = [{**small, "id": 10}]
+        elif case.startswith("segmentation"):
             data = {"rgb": str(folder / "seg_rgb.png"), "thermal": str(folder / "seg_t.png")}
             tasks = [{"id": 10, "data": data}]
         else:
@@ -198,6 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import benchutil
 
     repo = benchutil.REPO
+    after_commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as temp:
         root = Path(temp)
         folder = root / "images"
@@ -213,7 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         raised = {"MAX_DECODE_BYTES": str(512 * MIB)}
         cases: dict[str, dict[str, Any]] = {}
-        for case in ("png16_one_task", "png16_two_tasks", "png16_concurrent", "segmentation_64_labels"):
+        for case in args.cases:
             row: dict[str, Any] = {}
             variants = [("before", before, {}), ("after", repo, {})]
             if case.startswith("png16"):
@@ -221,7 +230,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, code, extra in variants:
                 env = {**base_env, **extra, "MODEL_DIR": str(root / f"models-{case}-{name}")}
                 if name == "before" and case == "png16_concurrent":
-                    one = cases["png16_one_task"]["before"].get("added_mib", 0) * MIB
+                    one = args.previous.get("png16_one_task", {}).get("before", {}).get("added_mib", 0) * MIB
+                    one = cases.get("png16_one_task", {}).get("before", {}).get("added_mib", 0) * MIB or one
                     estimate = one * args.concurrent
                     if estimate > available_bytes() / 2:
                         row[name] = {
@@ -232,14 +242,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                 print(f"{case} / {name} ...", flush=True)
                 row[name] = child(code, case, folder, env, args.concurrent)
+                row[name]["commit"] = args.before if name == "before" else after_commit
                 print(f"  {row[name]}", flush=True)
             cases[case] = row
     return {
         "what": "peak resident memory added by one request or decode (VmHWM minus VmRSS before), MiB",
         "before_commit": args.before,
-        "after_commit": subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "after_commit": after_commit,
         "model_width": args.width,
         "concurrent_decodes": args.concurrent,
         "inputs": inputs,
@@ -251,12 +260,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+CASES = (
+    "png16_one_task",
+    "png16_two_tasks",
+    "png16_concurrent",
+    "detection_small_pair",
+    "segmentation_64_labels",
+    "segmentation_64_labels_small_pair",
+)
+README_START, README_END = "<!-- memory-results:start -->", "<!-- memory-results:end -->"
+
+CASE_TITLES = {
+    "png16_one_task": "`/predict`, 1 task, 16-bit RGBA PNG 6324x6324 (RGB and thermal)",
+    "png16_two_tasks": "`/predict`, 2 such tasks",
+    "png16_concurrent": "{n} decodes of that PNG at once (fetcher threads)",
+    "segmentation_64_labels": "`/predict`, 64-label segmentation, 4000x4000 pair",
+    "detection_small_pair": "floor: the first case's request on a 64x80 pair (the network's forward pass)",
+    "segmentation_64_labels_small_pair": "floor: the 64-label request on a 64x80 pair",
+}
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if not row:
+        return "-"
+    if "skipped" in row:
+        return f"not run (estimate {row['estimated_added_mib'] / 1024:.1f} GiB)"
+    if "error" in row:
+        return "failed"
+    refused = row.get("outcome", "").startswith("HTTP")
+    mib = row["added_mib"]
+    figure = f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+    return f"{figure} (refused: {row['outcome'][:8].strip()})" if refused else figure
+
+
+def readme_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"Peak resident memory added, old code ({result['before_commit']}) against this branch (the commit "
+        f"of each figure is in the JSON), model width {result['model_width']}, "
+        f"{result['machine']['cpu_count']} CPU cores:",
+        "",
+        "| Case | Before | After (defaults) | After, MAX_DECODE_BYTES raised to 512 MiB |",
+        "| --- | --- | --- | --- |",
+    ]
+    for case, row in result["cases"].items():
+        title = CASE_TITLES.get(case, case).format(n=result["concurrent_decodes"])
+        lines.append(
+            f"| {title} | {_cell(row.get('before'))} | {_cell(row.get('after'))} | "
+            f"{_cell(row.get('after_limit_raised'))} |"
+        )
+    return "\n".join(lines)
+
+
+def write_readme(result: dict[str, Any], readme: Path) -> None:
+    """Rewrite the README's block between the memory-results markers with ``result``'s table."""
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + readme_table(result) + "\n" + text[end:])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=BEFORE, help="git revision of the code before the bounds")
     parser.add_argument("--concurrent", type=int, default=8, help="decodes at once in png16_concurrent")
     parser.add_argument("--width", type=float, default=0.25, help="MODEL_WIDTH of the network")
     parser.add_argument("--out", type=Path, default=None, help="results file (default: reliability.json)")
+    parser.add_argument("--readme-only", action="store_true", help="rebuild the README table from --out")
+    parser.add_argument(
+        "--cases", nargs="+", choices=CASES, default=list(CASES), help="run these only (merged with the file)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -266,9 +337,20 @@ def main(argv: list[str] | None = None) -> None:
     import benchutil
 
     out = args.out or benchutil.RESULTS_DIR / "reliability.json"
-    result = run(args)
-    benchutil.write_section(out, "memory", result)
-    print(f"wrote 'memory' to {out}")
+    previous = benchutil.read_results(out).get("memory", {})
+    args.previous = previous.get("cases", {})
+    if args.readme_only:
+        result = previous
+    else:
+        result = run(args)
+        if set(args.cases) != set(CASES):  # a subset: the other cases keep their recorded figures
+            result["cases"] = {**args.previous, **result["cases"]}
+            result["cases"] = {case: result["cases"][case] for case in CASES if case in result["cases"]}
+        benchutil.write_section(out, "memory", result)
+        print(f"wrote 'memory' to {out}")
+    if args.out is None:  # the committed figures only: a trial run elsewhere leaves the README alone
+        write_readme(result, benchutil.REPO / "README.md")
+        print("rewrote the README's memory table")
 
 
 if __name__ == "__main__":

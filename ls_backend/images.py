@@ -516,11 +516,11 @@ class ImageFetcher:
         received = 0
         try:
             while received <= self.max_bytes:
-                # A host that trickles bytes never trips the socket timeout: the deadline is checked per
-                # chunk.
+                # A host that trickles bytes never trips the socket timeout: the deadline is checked after
+                # every receive (read1: one receive at most, where read() waits for the whole chunk).
                 self._time_left(display, 0)
                 # Never ask for more than one byte past the limit.
-                chunk = response.raw.read(min(_CHUNK, self.max_bytes + 1 - received), decode_content=True)
+                chunk = response.raw.read1(min(_CHUNK, self.max_bytes + 1 - received), decode_content=True)
                 if not chunk:
                     break
                 chunks.append(chunk)

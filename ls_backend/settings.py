@@ -164,8 +164,8 @@ class Settings:
     decode_budget_bytes: int = _setting(
         "DECODE_BUDGET_BYTES",
         512 * 1024**2,
-        "Memory that image decodes in flight may hold together in one process (each counts its decoded "
-        "array plus its 8-bit conversion); further decodes wait for room.",
+        "Memory that image decodes in flight may hold together in one process (each counts twice its "
+        "decoded size, OpenCV's peak, plus its 8-bit conversions); further decodes wait for room.",
     )
     decode_wait_seconds: float = _setting(
         "DECODE_WAIT_SECONDS",

@@ -8,11 +8,11 @@ and bit depth; :func:`decode_image` refuses images whose decoded array (width x 
 sample, :attr:`ImageInfo.decoded_bytes`) is over ``max_bytes``, not only over ``max_pixels``: a 311 KB
 16-bit RGBA PNG of 6324x6324 is 40 Mpx but 320 MB decoded. The conversions after decoding never make float64
 copies of the image: 16-bit to 8-bit goes through 65,536-entry lookup tables, channel averages through integer
-sums, colour reordering happens in place, so one decode peaks at the decoded array plus its uint8 result
-(:func:`decode_peak_bytes`). ``reduce_to`` decodes straight to about the network's input size: JPEGs through
-libjpeg's DCT scaling (1/2, 1/4, 1/8: the full image never exists), other formats by an integer box
-reduction right after decoding, before any conversion. :class:`DecodeBudget` bounds the decoded bytes in
-flight across the threads of a process.
+sums, colour reordering happens in place, so one decode peaks at OpenCV's two copies of the decoded array
+plus its uint8 result (:func:`decode_peak_bytes`). ``reduce_to`` decodes straight to about the network's
+input size: JPEGs through libjpeg's DCT scaling (1/2, 1/4, 1/8: the full image never exists), other formats
+by an integer box reduction right after decoding, before any conversion. :class:`DecodeBudget` bounds the
+decoded bytes in flight across the threads of a process.
 """
 
 from __future__ import annotations
@@ -183,10 +183,11 @@ def reduced_size(info: ImageInfo, factor: int) -> tuple[int, int]:
 
 
 def decode_peak_bytes(info: ImageInfo) -> int:
-    """Upper bound of the memory one decode and its conversion to RGB / thermal uint8 hold at once: the
-    decoded array, at most 6 bytes per pixel of conversions (a 16-bit channel mean, the percentile copy, the
-    uint8 result) and 4 MiB of lookup tables and row blocks (tests/unit/test_memory_bounds.py measures it)."""
-    return info.decoded_bytes + 6 * info.pixels + 4 * 1024 * 1024
+    """Upper bound of the memory one decode and its conversion to RGB / thermal uint8 hold at once: twice the
+    decoded array (OpenCV's ``imdecode`` holds two copies at its peak: benchmarks/bench_memory.py), at most
+    6 bytes per pixel of conversions (a 16-bit channel mean, the percentile copy, the uint8 result) and 4 MiB
+    of lookup tables and row blocks (tests/unit/test_memory_bounds.py measures the conversions)."""
+    return 2 * info.decoded_bytes + 6 * info.pixels + 4 * 1024 * 1024
 
 
 class DecodeBudget:

@@ -9,7 +9,7 @@ facts asserted are orderings, never durations:
   host let go);
 * one request never has more than ``PREDICT_FETCH_THREADS`` images in flight;
 * a request whose images do not come ends at ``PREDICT_DEADLINE_SECONDS`` with a JSON error naming the
-  deadline, while the slow host still holds its images.
+  deadline, while the slow host still holds its images, or still trickles their bytes.
 """
 
 from __future__ import annotations
@@ -73,6 +73,18 @@ def slow_host() -> Iterator[SlowHost]:
 
         def do_GET(self) -> None:
             body = thermal if "thermal" in self.path else rgb
+            if self.path.startswith("/trickle/"):
+                # Headers at once, then one byte at a time, each well within any socket timeout.
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for byte in body[: int(SAFETY_WAIT / 0.05)]:  # then the body is cut short
+                    if state.release.wait(0.05):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                state.gave_up.set()
+                return
             if self.path.startswith("/slow/"):
                 with state.arrived:
                     state.in_flight += 1
@@ -173,3 +185,13 @@ def test_a_request_ends_at_its_deadline_while_the_host_still_holds_its_images(tm
         assert held, "the request waited for the slow host instead of its deadline"
         # Tasks that could not start before the deadline never reached the host.
         assert host.max_in_flight <= 2
+
+
+def test_a_trickling_host_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    """Bytes that keep coming, each within the socket timeout, do not outlast the request's deadline."""
+    with slow_host() as host, torch_threads(1):
+        app = _app(tmp_path, host, predict_deadline_seconds=1.0)
+        response = app.client.post("/predict", json=predict_body(_tasks(host, "trickle", 1)))
+        finished_trickling = host.gave_up.is_set()
+        assert "deadline" in assert_json_error(response)
+        assert not finished_trickling, "the request read the whole trickled body instead of its deadline"
