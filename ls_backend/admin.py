@@ -12,6 +12,7 @@ sampling" so the queue follows the scores the backend pushes. Image pairs come f
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -236,18 +237,35 @@ def connect_backend(
     basic_auth: tuple[str, str] | None = None,
 ) -> int:
     """Connect ``url`` as the project's ML backend (reusing an existing connection, given ``basic_auth`` when
-    set: the backend's credentials may have changed); returns its id."""
+    set: the backend's credentials may have changed); returns its id.
+
+    Label Studio sends the connection's basic auth with /setup, /predict and "Start training", but the
+    webhook it subscribes for the backend (``<url>/webhook``, annotation events) is a plain webhook without
+    it: with ``basic_auth``, that webhook gets an ``Authorization`` header too."""
     wanted = url.rstrip("/")
+    ml_backend_id = None
     for backend in studio.list_ml_backends(project_id):
         if str(backend.get("url", "")).rstrip("/") == wanted:
+            ml_backend_id = int(backend["id"])
             if basic_auth is not None and (
                 backend.get("auth_method") != "BASIC_AUTH" or backend.get("basic_auth_user") != basic_auth[0]
             ):
-                studio.set_ml_backend_auth(int(backend["id"]), *basic_auth)
-            return int(backend["id"])
-    user, password = basic_auth or (None, None)
-    backend = studio.connect_ml_backend(project_id, wanted, title, auth_user=user, auth_pass=password)
-    return int(backend["id"])
+                studio.set_ml_backend_auth(ml_backend_id, *basic_auth)
+            break
+    if ml_backend_id is None:
+        user, password = basic_auth or (None, None)
+        backend = studio.connect_ml_backend(project_id, wanted, title, auth_user=user, auth_pass=password)
+        ml_backend_id = int(backend["id"])
+    if basic_auth is not None:
+        raw = f"{basic_auth[0]}:{basic_auth[1]}".encode()
+        authorization = "Basic " + base64.b64encode(raw).decode()
+        for webhook in studio.list_webhooks(project_id):
+            headers = dict(webhook.get("headers") or {})
+            if str(webhook.get("url", "")).rstrip("/") == wanted + "/webhook" and (
+                headers.get("Authorization") != authorization
+            ):
+                studio.set_webhook_headers(int(webhook["id"]), {**headers, "Authorization": authorization})
+    return ml_backend_id
 
 
 # ------------------------------------------------------------------------------------------ synthetic pairs

@@ -786,6 +786,20 @@ class StudioClient:
             ),
         )
 
+    def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        def call(options: RequestOptions) -> Any:
+            return self.sdk.webhooks.list(project=str(project_id), request_options=options)
+
+        return self._sdk("GET", "api/webhooks/", call)
+
+    def set_webhook_headers(self, webhook_id: int, headers: Mapping[str, str]) -> dict[str, Any]:
+        """Replace a webhook's extra request headers (``PATCH /api/webhooks/{id}/``)."""
+        return self._sdk(
+            "PATCH",
+            f"api/webhooks/{webhook_id}/",
+            lambda o: self.sdk.webhooks.update(int(webhook_id), headers=dict(headers), request_options=o),
+        )
+
     def list_ml_backends(self, project_id: int) -> list[dict[str, Any]]:
         return self._sdk(
             "GET", "api/ml/", lambda o: self.sdk.ml.list(project=int(project_id), request_options=o)

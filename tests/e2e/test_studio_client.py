@@ -474,3 +474,36 @@ def test_ml_backend_connect_retrieve_predictions_and_train(
     with pytest.raises(StudioError) as info:
         studio.connect_ml_backend(project_id, f"http://127.0.0.1:{free_port()}", title="nowhere")
     assert info.value.status == 400 and "health check failed" in str(info.value)
+
+
+def test_connect_backend_gives_the_annotation_webhook_the_backends_basic_auth(
+    studio: StudioClient, image_project: dict, ml_backend: str
+) -> None:
+    """Label Studio sends the connection's basic auth to /setup and /predict but subscribes the backend's
+    /webhook as a plain webhook: `connect_backend` adds the Authorization header to it, so annotation events
+    reach a backend that requires auth (they got 401 before)."""
+    from ls_backend.admin import connect_backend
+
+    project_id = image_project["id"]
+    connect_backend(studio, project_id, ml_backend, "rgbt-al e2e", basic_auth=BACKEND_AUTH)
+    webhooks = studio.list_webhooks(project_id)
+    (webhook,) = [w for w in webhooks if w["url"].rstrip("/") == ml_backend + "/webhook"]
+    assert webhook["headers"]["Authorization"].startswith("Basic ")
+    connect_backend(studio, project_id, ml_backend, "rgbt-al e2e", basic_auth=BACKEND_AUTH)  # idempotent
+    assert len(studio.list_ml_backends(project_id)) == 1
+
+    studio.create_annotation(image_project["task_id"], [])
+
+    def webhooks_answered() -> dict[str, float]:
+        text = requests.get(ml_backend + "/metrics", auth=BACKEND_AUTH, timeout=10).text
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith('rgbt_requests_total{method="POST",route="/webhook"'):
+                status = line.split('status="', 1)[1].split('"', 1)[0]
+                counts[status] = counts.get(status, 0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not webhooks_answered():
+        time.sleep(0.5)
+    assert webhooks_answered() and set(webhooks_answered()) == {"200"}, webhooks_answered()
