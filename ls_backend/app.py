@@ -254,8 +254,12 @@ def create_app(settings: Settings | None = None, backend: RGBTBackend | None = N
         if raw is None:
             raise BadRequest("missing 'project'")
         project = project_key(raw)
-        names = [v.version for v in backend.registry.versions(project)]
-        return jsonify(versions=names, current=backend.registry.current_version(project))
+        infos = backend.registry.versions(project)
+        return jsonify(
+            versions=[v.version for v in infos],
+            current=backend.registry.current_version(project),
+            details=[backend.describe_version(info) for info in infos],
+        )
 
     @app.get("/jobs")
     def jobs():
