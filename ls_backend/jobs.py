@@ -314,7 +314,7 @@ def train_project(project: str) -> dict[str, Any]:
         # Nothing is published: the current version keeps serving. JobError is not worth retrying.
         log.error("project %s: training diverged, nothing published: %s", project, error)
         raise JobError(f"project {project}: training diverged, nothing published: {error}") from error
-    metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"]}
+    metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"], "holdout_tasks": len(holdout)}
     thresholds: dict[str, float] = {}
     if holdout_set is not None:
         holdout_metrics, thresholds = _holdout_metrics(model, holdout_set, settings.device)
