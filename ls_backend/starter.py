@@ -14,6 +14,11 @@ It writes the checkpoint (with per-class score thresholds calibrated on the sour
 
 from __future__ import annotations
 
+import os
+
+# A busy shared CPU: libgomp's spin-waiting would burn the time slices (see benchmarks/benchutil.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import time
@@ -116,10 +121,14 @@ def train_starter(out: Path, recipe: StarterRecipe, *, device: str = "auto") -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 suits a busy CPU)")
     parser.add_argument("--out", type=Path, default=STARTER_DETECTION)
     parser.add_argument("--epochs", type=int, default=StarterRecipe.epochs)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     summary = train_starter(args.out, StarterRecipe(epochs=args.epochs), device=args.device)
     print(json.dumps(summary, indent=2))
     return 0

@@ -3,6 +3,7 @@ per-class thresholds, the region policy, non-finite losses and inconsistencies."
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -298,3 +299,44 @@ def test_imagenet_auto_uses_the_hub_cache_without_network(tmp_path: Path, monkey
     resolved = resolve_imagenet_weights("auto")
     assert resolved is not None and resolved.source_stats is not None  # 0..255 inputs: restandardised
     assert set(resolved.state_dict) == set(state)
+
+
+# ------------------------------------------------------------------------------------------ report
+def test_report_has_one_point_per_version_pruned_ones_included(tmp_path: Path):
+    from ls_backend.cli import main
+    from ls_backend.registry import ModelRegistry
+
+    registry = ModelRegistry(tmp_path / "models")
+    model = ThreeBranchNet(NetConfig(class_names=("person",), **SMALL))
+    registry.publish("5", model, metrics={"classes": {}}, status="initial")
+    registry.publish("5", model, metrics={"AP50": 0.41, "holdout_tasks": 3}, num_train_tasks=9)
+    registry.publish(
+        "5", model, metrics={"AP50": 0.3, "holdout_tasks": 5}, num_train_tasks=20, make_current=False
+    )
+    registry.publish("5", model, metrics={"AP50": 0.55, "holdout_tasks": 6}, num_train_tasks=30)
+    registry.prune("5", keep=2)
+    assert len(registry.versions("5")) == 2
+    assert (
+        main(
+            [
+                "report",
+                "--project",
+                "5",
+                "--out",
+                str(tmp_path / "out"),
+                "--model-dir",
+                str(tmp_path / "models"),
+            ]
+        )
+        == 0
+    )
+    data = json.loads((tmp_path / "out" / "report-5.json").read_text())
+    points = [(p["status"], p["labelled_tasks"], p["AP50"]) for p in data["versions"]]
+    assert points == [
+        ("initial", 0, None),
+        ("accepted", 12, 0.41),
+        ("rejected", 25, 0.3),
+        ("accepted", 36, 0.55),
+    ]
+    assert data["current"] == data["versions"][-1]["version"]
+    assert (tmp_path / "out" / "report-5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
