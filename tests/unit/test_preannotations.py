@@ -340,3 +340,39 @@ def test_report_has_one_point_per_version_pruned_ones_included(tmp_path: Path):
     ]
     assert data["current"] == data["versions"][-1]["version"]
     assert (tmp_path / "out" / "report-5.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ /setup
+def test_setup_with_init_checkpoint_makes_it_the_first_version_once(tmp_path: Path):
+    """`rgbt-al project --init-checkpoint` reaches the backend as the connection's extra_params: /setup
+    enqueues the start once; the checkpoint's classes (renamed order, an extra one, one missing) are matched
+    by name; a path that is not a file is a 400 naming it."""
+    from ls_backend.admin import AdminError, check_init_checkpoint
+    from tests.unit.app_support import DETECTION_CONFIG, PROJECT, PROJECT_ID, make_app, make_settings
+
+    app = make_app(make_settings(tmp_path))
+    path, _ = _source_checkpoint(tmp_path, ("car", "truck", "person"))
+    body = {"project": PROJECT, "schema": DETECTION_CONFIG, "extra_params": {"init_checkpoint": str(path)}}
+    assert app.client.post("/setup", json=body).status_code == 200
+    assert app.runner.wait_idle(120)
+    assert app.client.post("/setup", json=body).status_code == 200  # again: not enqueued twice
+    assert app.runner.wait_idle(120)
+    versions = app.backend.registry.versions(PROJECT_ID)
+    assert len(versions) == 1 and versions[0].status == "initial"
+    assert versions[0].metrics["classes"] == {
+        "shared": ["person", "car"],
+        "new": ["bicycle"],
+        "missing": ["truck"],
+    }
+    assert versions[0].thresholds == {"person": 0.4, "car": 0.6}
+    starts = [j for j in app.runner.jobs() if j.func.endswith("init_project")]
+    assert len(starts) == 1
+    missing = {**body, "project": "8", "extra_params": {"init_checkpoint": str(tmp_path / "nope.pt")}}
+    answer = app.client.post("/setup", json=missing)
+    assert answer.status_code == 400 and "nope.pt" in answer.get_json()["error"]
+    # The admin command checks the match before connecting anything.
+    schema = schema_from_config(DETECTION_CONFIG)
+    assert "new (learnt from labels) ['bicycle']" in check_init_checkpoint(path, schema)
+    renamed, _ = _source_checkpoint(tmp_path / "renamed", ("pedestrian", "vehicle"))
+    with pytest.raises(AdminError, match="none of the project's classes"):
+        check_init_checkpoint(renamed, schema)
