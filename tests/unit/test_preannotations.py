@@ -354,6 +354,8 @@ def test_setup_with_init_checkpoint_makes_it_the_first_version_once(tmp_path: Pa
     path, _ = _source_checkpoint(tmp_path, ("car", "truck", "person"))
     body = {"project": PROJECT, "schema": DETECTION_CONFIG, "extra_params": {"init_checkpoint": str(path)}}
     assert app.client.post("/setup", json=body).status_code == 200
+    # Recorded at once, so a second /setup arriving before the job ran does not enqueue it again.
+    assert not app.backend.registry.claim_init(PROJECT_ID, str(path))
     assert app.runner.wait_idle(120)
     assert app.client.post("/setup", json=body).status_code == 200  # again: not enqueued twice
     assert app.runner.wait_idle(120)
