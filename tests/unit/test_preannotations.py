@@ -378,3 +378,14 @@ def test_setup_with_init_checkpoint_makes_it_the_first_version_once(tmp_path: Pa
     renamed, _ = _source_checkpoint(tmp_path / "renamed", ("pedestrian", "vehicle"))
     with pytest.raises(AdminError, match="none of the project's classes"):
         check_init_checkpoint(renamed, schema)
+
+
+def test_version_gate_compares_on_the_same_held_out_tasks_within_the_tolerance():
+    from ls_backend.jobs import _compare
+
+    assert _compare("detection", {"AP50": 0.49}, {"AP50": 0.5}, 0.02)[0]
+    accepted, note = _compare("detection", {"AP50": 0.47}, {"AP50": 0.5}, 0.02)
+    assert not accepted and "0.4700 < current 0.5000" in note
+    assert _compare("detection", {"AP50": 0.1}, {}, 0.02)[0]  # nothing to compare with
+    assert not _compare("detection", {"AP50": None}, {"AP50": 0.5}, 0.02)[0]
+    assert not _compare("segmentation", {"mIoU": 0.2, "AP50": 0.9}, {"mIoU": 0.3}, 0.02)[0]
