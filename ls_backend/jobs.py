@@ -311,7 +311,7 @@ def train_project(project: str) -> dict[str, Any]:
     try:
         history = fit(model, train_set, config, progress=False, on_epoch=on_epoch)
     except NonFiniteLossError as error:
-        # Nothing is published: the current version keeps serving. JobError is not worth retrying.
+        # Nothing is published: the current version keeps serving; the job fails (retried like any job).
         log.error("project %s: training diverged, nothing published: %s", project, error)
         raise JobError(f"project {project}: training diverged, nothing published: {error}") from error
     metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"], "holdout_tasks": len(holdout)}
