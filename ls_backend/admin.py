@@ -180,12 +180,23 @@ def set_up_project(
     backend_title: str = "rgbt-al",
     basic_auth: tuple[str, str] | None = None,
     train: bool = False,
+    init_checkpoint: Path | None = None,
 ) -> ProjectSetup:
     """Create (``project_id`` None) or update a project, import tasks, connect the backend, set sampling.
 
     Idempotent for the connection: a backend already connected at ``backend_url`` is not added twice.
+    ``init_checkpoint``: a three-branch checkpoint (a path on the backend's machine) the project starts from;
+    its classes are matched to the config's by name here first (the match goes to ``notes``), then the
+    connection passes it to the backend's ``/setup``, which makes it the first version.
     """
-    schema_from_config(label_config)
+    schema = schema_from_config(label_config)
+    extra_params = None
+    match_note = ""
+    if init_checkpoint is not None:
+        if not backend_url:
+            raise AdminError("--init-checkpoint needs the backend connected (--backend-url)")
+        match_note = check_init_checkpoint(init_checkpoint, schema)
+        extra_params = {"init_checkpoint": str(Path(init_checkpoint).resolve())}
     if project_id is None:
         if not title:
             raise AdminError("a new project needs a title")
@@ -206,9 +217,16 @@ def set_up_project(
         studio.add_local_files_storage(setup.project_id, str(storage_folder.resolve()), title="rgbt-al pairs")
     if tasks:
         setup.imported_tasks = len(studio.import_tasks(setup.project_id, list(tasks)))
+    if match_note:
+        setup.notes.append(match_note)
     if backend_url:
         setup.ml_backend_id = connect_backend(
-            studio, setup.project_id, backend_url, backend_title, basic_auth=basic_auth
+            studio,
+            setup.project_id,
+            backend_url,
+            backend_title,
+            basic_auth=basic_auth,
+            extra_params=extra_params,
         )
     studio.set_uncertainty_sampling(setup.project_id)
     if train:
@@ -235,9 +253,11 @@ def connect_backend(
     title: str = "rgbt-al",
     *,
     basic_auth: tuple[str, str] | None = None,
+    extra_params: dict[str, Any] | None = None,
 ) -> int:
     """Connect ``url`` as the project's ML backend (reusing an existing connection, given ``basic_auth`` when
-    set: the backend's credentials may have changed); returns its id.
+    set, since the backend's credentials may have changed, and the new ``extra_params`` if any); returns its
+    id.
 
     Label Studio sends the connection's basic auth with /setup, /predict and "Start training", but the
     webhook it subscribes for the backend (``<url>/webhook``, annotation events) is a plain webhook without
@@ -247,14 +267,23 @@ def connect_backend(
     for backend in studio.list_ml_backends(project_id):
         if str(backend.get("url", "")).rstrip("/") == wanted:
             ml_backend_id = int(backend["id"])
+            changes: dict[str, Any] = {}
             if basic_auth is not None and (
                 backend.get("auth_method") != "BASIC_AUTH" or backend.get("basic_auth_user") != basic_auth[0]
             ):
-                studio.set_ml_backend_auth(ml_backend_id, *basic_auth)
+                changes.update(
+                    auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1]
+                )
+            if extra_params is not None and backend.get("extra_params") != extra_params:
+                changes["extra_params"] = extra_params
+            if changes:
+                studio.update_ml_backend(ml_backend_id, **changes)
             break
     if ml_backend_id is None:
         user, password = basic_auth or (None, None)
-        backend = studio.connect_ml_backend(project_id, wanted, title, auth_user=user, auth_pass=password)
+        backend = studio.connect_ml_backend(
+            project_id, wanted, title, auth_user=user, auth_pass=password, extra_params=extra_params
+        )
         ml_backend_id = int(backend["id"])
     if basic_auth is not None:
         raw = f"{basic_auth[0]}:{basic_auth[1]}".encode()
@@ -266,6 +295,21 @@ def connect_backend(
             ):
                 studio.set_webhook_headers(int(webhook["id"]), {**headers, "Authorization": authorization})
     return ml_backend_id
+
+
+def check_init_checkpoint(path: str | Path, schema: ProjectSchema) -> str:
+    """Match a checkpoint's classes to the config's by name; a one-line report, or AdminError when the
+    checkpoint cannot serve the project (unreadable, another task, no class in common)."""
+    from model.checkpoint import CheckpointError, load_for_classes
+
+    try:
+        _, match, _ = load_for_classes(path, class_names_from_schema(schema), schema.task)
+    except CheckpointError as error:
+        raise AdminError(f"--init-checkpoint: {error}") from error
+    return (
+        f"init checkpoint {Path(path).name}: classes kept {match.shared}, new (learnt from labels) "
+        f"{match.new}, in the checkpoint but not the project {match.missing}"
+    )
 
 
 # ------------------------------------------------------------------------------------------ synthetic pairs

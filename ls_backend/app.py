@@ -313,9 +313,13 @@ def versions():
     if raw is None:
         raise BadRequest("missing 'project'")
     project = project_key(raw)
-    registry = _backend().registry
-    names = [v.version for v in registry.versions(project)]
-    return jsonify(versions=names, current=registry.current_version(project))
+    backend = _backend()
+    infos = backend.registry.versions(project)
+    return jsonify(
+        versions=[v.version for v in infos],
+        current=backend.registry.current_version(project),
+        details=[backend.describe_version(info) for info in infos],
+    )
 
 
 @routes.get("/jobs")

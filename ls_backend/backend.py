@@ -11,6 +11,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +23,7 @@ from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.jobs import JobContext
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, TrainingRequest
-from ls_backend.registry import ProjectInfo
+from ls_backend.registry import ProjectInfo, VersionInfo
 from ls_backend.settings import Settings
 from ls_backend.url_policy import origin
 from model.inference import Predictor
@@ -139,6 +140,7 @@ class RGBTBackend:
         if access_token and any(c.isspace() or ord(c) < 32 for c in access_token):
             raise BadRequest("access_token must be a Label Studio token (no spaces or control characters)")
         self._remember(project, label_config, hostname, access_token)
+        self._start_from_checkpoint(project, extra_params or {})
         return {"model_version": self.model_version(project)}
 
     def checked_schema(self, label_config: Any) -> ProjectSchema:
@@ -154,6 +156,23 @@ class RGBTBackend:
                 f"label config has {classes} labels, more than MAX_CLASSES={self.settings.max_classes}"
             )
         return schema
+
+    def _start_from_checkpoint(self, project: str, extra_params: dict[str, Any]) -> None:
+        """A project without versions, given a checkpoint (the connection's ``extra_params.init_checkpoint``,
+        set by `rgbt-al project --init-checkpoint`, else INITIAL_CHECKPOINT): enqueue the job that makes it
+        the first version, once. Only a file check here: /setup has 3 seconds."""
+        named = extra_params.get("init_checkpoint") or self.settings.initial_checkpoint
+        if not named or self.registry.current_version(project) is not None:
+            return
+        path = Path(str(named)).expanduser()
+        if not path.is_file():
+            raise BadRequest(f"init_checkpoint {str(named)!r} is not a file on the backend's machine")
+        if not self.registry.claim_init(project, str(path)):
+            return  # already enqueued by an earlier /setup
+        job = self.runner.enqueue(
+            "ls_backend.jobs.init_project", project, str(path), description=f"start project {project}"
+        )
+        log.info("project %s: starting from checkpoint %s (job %s)", project, path, job)
 
     def _remember(self, project: str, label_config: str, hostname: str = "", access_token: str = "") -> None:
         """Store the project's config and its way back to Label Studio.
@@ -183,6 +202,23 @@ class RGBTBackend:
             )
         if known != info:
             self.registry.save_project(info)
+
+    def describe_version(self, info: VersionInfo) -> dict[str, Any]:
+        """What `/versions` and `rgbt-al versions list` show of a version: its status, held-out metrics,
+        thresholds, and whether (and why) its regions are sent."""
+        policy = self.context.policy(info)
+        return {
+            "version": info.version,
+            "status": info.status,
+            "created_at": info.created_at,
+            "parent": info.parent,
+            "train_tasks": info.num_train_tasks,
+            "metrics": info.metrics,
+            "baseline": info.baseline,
+            "thresholds": info.thresholds,
+            "note": info.note,
+            "regions": {"sent": policy.send, "reason": policy.reason},
+        }
 
     def model_version(self, project: str) -> str:
         return self.registry.current_version(project) or INITIAL_VERSION
@@ -237,6 +273,8 @@ class RGBTBackend:
             raise errors[0][1]
         good = [pair for pair in pairs if not isinstance(pair, FetchError)]
         predictor = self._predictor(project, version, schema)
+        info = None if version == INITIAL_VERSION else self.registry.info(project, version)
+        policy = self.context.policy(info)
         predictions = iter(
             predictor.predict(
                 [(rgb, thermal) for rgb, thermal, _ in good],
@@ -247,18 +285,26 @@ class RGBTBackend:
         class_names = tuple(predictor.config.class_names)
         results: list[dict[str, Any]] = []
         unknown_labels: set[str] = set()
-        for pair in pairs:
+        for task, pair in zip(tasks, pairs, strict=True):
             if isinstance(pair, FetchError):
                 # score 1.0 ranks it last: Label Studio stores a missing score as NULL, which SQLite's
                 # ascending order would serve first.
                 results.append({"result": [], "score": 1.0, "model_version": version, "error": str(pair)})
                 continue
             payload, unknown = prediction_payload(
-                next(predictions), schema, class_names, version, image_size=pair[2]
+                next(predictions),
+                schema,
+                class_names,
+                version,
+                image_size=pair[2],
+                policy=policy,
+                task_id=task.get("id"),
             )
             unknown_labels |= unknown
             results.append(payload)
         response: dict[str, Any] = {"results": results, "model_version": version}
+        if not policy.send:
+            response["regions_withheld"] = policy.reason
         if unknown_labels:
             response["unknown_labels"] = sorted(unknown_labels)
             log.warning("project %s: model labels not in the config: %s", project, sorted(unknown_labels))

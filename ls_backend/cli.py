@@ -201,10 +201,98 @@ def cmd_project(args: argparse.Namespace) -> int:
             backend_url=args.backend_url,
             basic_auth=basic_auth,
             train=args.train,
+            init_checkpoint=Path(args.init_checkpoint) if args.init_checkpoint else None,
         )
     except (AdminError, StudioError) as error:
         raise CommandError(str(error)) from error
     print(json.dumps(setup.to_json(), indent=2))
+    return 0
+
+
+def _registry_and_project(args: argparse.Namespace):
+    from ls_backend.registry import ModelRegistry, RegistryError
+    from ls_backend.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+        registry = ModelRegistry(args.model_dir or settings.model_dir)
+        project = str(args.project)
+        registry.project_dir(project)
+    except (SettingsError, RegistryError) as error:
+        raise CommandError(str(error)) from error
+    if not registry.versions(project) and not registry.history(project):
+        raise CommandError(f"project {project} has no model versions under {registry.root}")
+    return settings, registry, project
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from ls_backend.jobs import JobContext, JobError, install_context, use_version
+    from ls_backend.registry import RegistryError
+    from ls_backend.studio import StudioError
+
+    settings, registry, project = _registry_and_project(args)
+    if args.action == "list":
+        from ls_backend.jobs import region_policy
+
+        current = registry.current_version(project)
+        rows = []
+        for info in registry.versions(project):
+            policy = region_policy(settings, info)
+            rows.append(
+                {
+                    "version": info.version,
+                    "current": info.version == current,
+                    "status": info.status,
+                    "train_tasks": info.num_train_tasks,
+                    "metrics": {k: v for k, v in info.metrics.items() if isinstance(v, (int, float))},
+                    "baseline": info.baseline,
+                    "thresholds": info.thresholds,
+                    "regions": "sent" if policy.send else "withheld",
+                    "reason": policy.reason,
+                    "note": info.note,
+                }
+            )
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for row in rows:
+            metric = row["metrics"].get("AP50", row["metrics"].get("mIoU"))
+            shown = "-" if metric is None else f"{metric:.3f}"
+            print(
+                f"{'*' if row['current'] else ' '} {row['version']}  {row['status']:<8}  "
+                f"train {row['train_tasks']:>4}  held-out {shown:>5}  "
+                f"regions {row['regions']}: {row['reason']}"
+            )
+        return 0
+    # use: make VERSION current and re-push its priorities.
+    try:
+        registry.info(project, args.version)
+    except RegistryError as error:
+        raise CommandError(str(error)) from error
+    context = JobContext(settings)
+    install_context(context)
+    runner = context.runner
+    if runner.can_shard:  # workers run the jobs: hand the re-push to them
+        registry.set_current(project, args.version)
+        job = runner.enqueue(
+            "ls_backend.jobs.score_pool", project, args.version, description=f"re-push {args.version}"
+        )
+        print(f"{args.version} is current for project {project}; re-pushing its priorities (job {job})")
+        return 0
+    try:
+        result = use_version(project, args.version)
+    except (JobError, StudioError) as error:
+        raise CommandError(str(error)) from error
+    print(json.dumps({"current": args.version, **result}, indent=2, default=str))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ls_backend.project_report import write_report
+
+    _, registry, project = _registry_and_project(args)
+    png, js = write_report(registry, project, Path(args.out))
+    print(f"wrote {png} and {js}")
     return 0
 
 
@@ -280,9 +368,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     project.add_argument("--backend-password", help="basic-auth password of the backend")
     project.add_argument("--train", action="store_true", help="start a training round now")
+    project.add_argument(
+        "--init-checkpoint",
+        help="a three-branch checkpoint (rgbt-al train) the project starts from, as a path on the backend's "
+        "machine: classes matched by name, it pre-annotates before any label",
+    )
     project.add_argument("--label-studio-url", help="default: LABEL_STUDIO_URL")
     project.add_argument("--api-key", help="access token (default: LABEL_STUDIO_API_KEY)")
     project.set_defaults(func=cmd_project)
+
+    versions = commands.add_parser("versions", help="list a project's model versions, or roll back to one")
+    versions.add_argument("action", choices=("list", "use"))
+    versions.add_argument("version", nargs="?", help="the version to make current (use)")
+    versions.add_argument("--project", required=True, help="Label Studio project id")
+    versions.add_argument("--model-dir", help="default: MODEL_DIR")
+    versions.add_argument("--json", action="store_true", help="list as JSON")
+    versions.set_defaults(func=cmd_versions)
+
+    report = commands.add_parser("report", help="held-out metric per version vs labelled tasks (PNG + JSON)")
+    report.add_argument("--project", required=True, help="Label Studio project id")
+    report.add_argument("--out", default=".", help="output folder (default: here)")
+    report.add_argument("--model-dir", help="default: MODEL_DIR")
+    report.set_defaults(func=cmd_report)
 
     demo = commands.add_parser("demo", help="Label Studio + backend + a generated RGB-T project")
     demo.add_argument("--data-dir", default="demo-data", help="what the demo keeps")

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 from ls_backend.label_config import ControlSpec, ProjectSchema
 
 __all__ = [
+    "RegionPolicy",
     "Target",
     "annotation_to_target",
     "class_names_from_schema",
@@ -86,6 +88,7 @@ def detections_to_results(
     image_size: tuple[int, int],
     schema: ProjectSchema,
     class_names: Sequence[str],
+    branch_scores: npt.ArrayLike | None = None,
 ) -> tuple[list[Result], set[str]]:
     """Boxes in pixels -> ``rectanglelabels`` results.
 
@@ -96,6 +99,8 @@ def detections_to_results(
         image_size: (H, W) of the image the boxes refer to.
         schema: the project's schema (its output control must be ``RectangleLabels``).
         class_names: the model's foreground classes.
+        branch_scores: optional (M, 2) visible and thermal confidences of each box, shown to the annotator
+            as the region's meta text ("RGB 0.12 · thermal 0.91 · fused 0.85").
 
     Returns:
         (results, unknown): boxes are clipped to the image, empty ones dropped; ``unknown`` holds the model
@@ -132,6 +137,7 @@ def detections_to_results(
             axis=1,
         ).clip(0.0, 100.0)
     rounded = np.round(clipped, 2).tolist()
+    branches = None if branch_scores is None else np.asarray(branch_scores, dtype=np.float64).reshape(-1, 2)
     for index, (label, ok, (x, y, w, h), score) in enumerate(
         zip(labels_a.tolist(), usable.tolist(), percent.tolist(), scores_a.tolist(), strict=True)
     ):
@@ -145,8 +151,52 @@ def detections_to_results(
         result["id"] = _region_id(schema.control.name, index, names[label], *rounded[index])
         result["value"] = value
         result["score"] = score
+        if branches is not None:
+            result["meta"] = {"text": [meta_text(*branches[index], score)]}
         results.append(result)
     return results, unknown
+
+
+def meta_text(visible: float, thermal: float, fused: float) -> str:
+    """A region's explanation for the annotator: each branch's confidence in it."""
+    return f"RGB {visible:.2f} · thermal {thermal:.2f} · fused {fused:.2f}"
+
+
+@dataclass(frozen=True)
+class RegionPolicy:
+    """Which of a version's regions are sent as pre-annotations.
+
+    ``thresholds``: per-class confidence calibrated on held-out tasks; classes without one use ``fallback``.
+    ``max_regions``: most regions per task, highest confidence first. ``send`` False (the version is below
+    the quality gate, or untrained): predictions carry the priority score with an empty result; ``reason``
+    says why.
+    """
+
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    fallback: float = 0.3
+    max_regions: int = 20
+    send: bool = True
+    reason: str = ""
+
+    def threshold(self, name: str) -> float:
+        return float(self.thresholds.get(name, self.fallback))
+
+    @property
+    def lowest_threshold(self) -> float:
+        """What the decoder must keep so every class's own threshold can be applied afterwards."""
+        return min([self.fallback, *self.thresholds.values()])
+
+    def select(self, scores: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+        """Indices of the detections to send: above their class's threshold, the ``max_regions`` most
+        confident, in descending confidence."""
+        if not self.send:
+            return np.zeros((0,), np.int64)
+        cut = np.array(
+            [self.threshold(class_names[c - 1]) if 1 <= c <= len(class_names) else np.inf for c in labels]
+        ).reshape(-1)
+        keep = np.flatnonzero(np.asarray(scores, np.float64) >= cut)
+        order = keep[np.argsort(-np.asarray(scores)[keep], kind="stable")]
+        return order[: self.max_regions]
 
 
 def _class_score(scores: Mapping[int, float] | npt.ArrayLike | None, class_id: int) -> float | None:
@@ -247,21 +297,46 @@ def prediction_payload(
     model_version: str,
     *,
     image_size: tuple[int, int],
+    policy: RegionPolicy | None = None,
+    task_id: Any = None,
 ) -> tuple[dict[str, Any], set[str]]:
     """One task's Label Studio prediction: fused-branch regions, ``score = 1 - inconsistency``.
 
     Label Studio's uncertainty sampling serves the lowest ``score`` first, so the most inconsistent pair
-    (I close to 1) gets a score close to 0. Returns (payload, unknown model classes).
+    (I close to 1) gets a score close to 0; a non-finite I (a diverged model) gets 1.0, last in the queue,
+    and an error in the log. ``policy`` decides which regions go (per-class thresholds, a cap, the quality
+    gate); without one every region given is sent. Returns (payload, unknown model classes).
     """
+    policy = policy or RegionPolicy(fallback=-math.inf, max_regions=1 << 30)
     if schema.task == "detection":
+        chosen = policy.select(np.asarray(prediction.scores), np.asarray(prediction.labels), class_names)
+        branch_scores = getattr(prediction, "branch_scores", None)
         result, unknown = detections_to_results(
-            prediction.boxes, prediction.scores, prediction.labels, image_size, schema, class_names
+            np.asarray(prediction.boxes).reshape(-1, 4)[chosen],
+            np.asarray(prediction.scores).reshape(-1)[chosen],
+            np.asarray(prediction.labels).reshape(-1)[chosen],
+            image_size,
+            schema,
+            class_names,
+            None if branch_scores is None else np.asarray(branch_scores).reshape(-1, 2)[chosen],
         )
     else:
         if prediction.mask is None:
             raise ValueError("a segmentation prediction without a mask")
-        result, unknown = mask_to_results(prediction.mask, schema, class_names)
-    score = float(np.clip(1.0 - float(prediction.inconsistency), 0.0, 1.0))
+        result, unknown = (
+            mask_to_results(prediction.mask, schema, class_names) if policy.send else ([], set())
+        )
+    inconsistency = float(prediction.inconsistency)
+    if math.isfinite(inconsistency):
+        score = float(np.clip(1.0 - inconsistency, 0.0, 1.0))
+    else:
+        log.error(
+            "task %s: non-finite inconsistency (%s) from %s; ranked last",
+            task_id,
+            inconsistency,
+            model_version,
+        )
+        score = 1.0
     return {"result": result, "score": score, "model_version": model_version}, unknown
 
 

@@ -18,11 +18,13 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ls_backend.convert import (
+    RegionPolicy,
     annotation_to_target,
     class_names_from_schema,
     latest_annotation,
@@ -31,10 +33,12 @@ from ls_backend.convert import (
 from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, current_job_id, make_runner, report_progress
-from ls_backend.registry import ModelRegistry, RegistryError
+from ls_backend.registry import ModelRegistry, RegistryError, VersionInfo
 from ls_backend.settings import Settings
-from ls_backend.studio import StudioClient
+from ls_backend.studio import UNCERTAINTY_SAMPLING, StudioClient
 from ls_backend.url_policy import origin
+from model.backbone import resolve_imagenet_weights
+from model.checkpoint import CheckpointError, load_for_classes
 from model.config import NetConfig
 from model.data.dataset import PairDataset
 from model.data.memory import InMemoryReader
@@ -42,8 +46,17 @@ from model.data.sample import PairRecord
 from model.data.transforms import eval_transform, train_transform
 from model.engines import Engine, make_engine
 from model.inference import Predictor, PreparedBatch, export_path
+from model.metrics import calibrate_thresholds
 from model.network import ThreeBranchNet
-from model.train import EpochLog, TrainConfig, evaluate, fit
+from model.train import (
+    PRIMARY_METRIC,
+    EpochLog,
+    NonFiniteLossError,
+    TrainConfig,
+    collect_predictions,
+    compute_metrics,
+    fit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +152,21 @@ class JobContext:
         )
 
     def initial_model(self, schema: ProjectSchema) -> ThreeBranchNet:
-        return ThreeBranchNet(self.net_config(schema), imagenet_weights=self.settings.imagenet_weights)
+        """A new network for the project: ImageNet trunks (IMAGENET_WEIGHTS) at width 1.0, else random."""
+        config = self.net_config(schema)
+        weights = None
+        if config.width == 1.0:
+            try:
+                weights = resolve_imagenet_weights(self.settings.imagenet_weights)
+            except ValueError as error:
+                raise JobError(str(error)) from error
+        elif self.settings.imagenet_weights.strip().lower() not in ("auto", "none", ""):
+            log.warning("IMAGENET_WEIGHTS needs MODEL_WIDTH=1.0 (it is %s): random init", config.width)
+        return ThreeBranchNet(config, imagenet_weights=weights)
+
+    def policy(self, info: VersionInfo | None) -> RegionPolicy:
+        """Which regions a version sends (see :func:`region_policy`)."""
+        return region_policy(self.settings, info)
 
     def predictor(self, project: str, version: str) -> Predictor:
         """A loaded version, cached (two at most: the current one and the one replacing it)."""
@@ -148,26 +175,50 @@ class JobContext:
             if key in self._predictors:
                 self._predictors.move_to_end(key)
                 return self._predictors[key]
-        model, _ = self.registry.load(project, version)
+        model, info = self.registry.load(project, version)
         export = export_path(self.registry.checkpoint_path(project, version))
-        predictor = self.make_predictor(model, make_engine(self.settings.inference_engine, model, export))
+        engine = make_engine(self.settings.inference_engine, model, export)
+        predictor = self.make_predictor(model, self.policy(info).lowest_threshold, engine)
         with self._lock:
             self._predictors[key] = predictor
             while len(self._predictors) > 2:
                 self._predictors.popitem(last=False)
         return predictor
 
-    def make_predictor(self, model: ThreeBranchNet, engine: Engine | None = None) -> Predictor:
+    def make_predictor(
+        self, model: ThreeBranchNet, score_threshold: float | None = None, engine: Engine | None = None
+    ) -> Predictor:
         if self.settings.torch_compile and engine is None:
             import torch
 
             model = torch.compile(model)  # type: ignore[assignment]
-        return Predictor(
-            model,
-            self.settings.device,
-            score_threshold=self.settings.prediction_score_threshold,
-            engine=engine,
+        if score_threshold is None:
+            score_threshold = self.settings.prediction_score_threshold
+        return Predictor(model, self.settings.device, score_threshold=score_threshold, engine=engine)
+
+
+def region_policy(settings: Settings, info: VersionInfo | None) -> RegionPolicy:
+    """The pre-annotation rules of a version: its calibrated per-class thresholds (PREDICTION_SCORE_THRESHOLD
+    for classes without one), MAX_REGIONS_PER_TASK, and the quality gate: no regions from an untrained
+    model (``info`` None) or from a version whose held-out metric is below PREANNOTATION_MIN_METRIC. A
+    version without a held-out metric (started from a checkpoint, or too few labels) sends its regions."""
+    base = {"fallback": settings.prediction_score_threshold, "max_regions": settings.max_regions_per_task}
+    if info is None:
+        return RegionPolicy(**base, send=False, reason="untrained model: no regions, priorities only")
+    thresholds = dict(info.thresholds)
+    name = PRIMARY_METRIC.get(info.task, "AP50")
+    value = info.metrics.get(name)
+    floor = settings.preannotation_min_metric
+    if not isinstance(value, (int, float)):
+        return RegionPolicy(**base, thresholds=thresholds, reason=f"no held-out {name} yet: regions sent")
+    if value < floor:
+        return RegionPolicy(
+            **base,
+            thresholds=thresholds,
+            send=False,
+            reason=f"held-out {name} {value:.3f} < PREANNOTATION_MIN_METRIC {floor}: priorities only",
         )
+    return RegionPolicy(**base, thresholds=thresholds, reason=f"held-out {name} {value:.3f} >= {floor}")
 
 
 # The process's context: job functions take plain arguments (RQ serialises them), so they find their
@@ -265,6 +316,13 @@ def train_project(project: str) -> dict[str, Any]:
         holdout = []
     model, parent = _starting_model(context, project, schema)
     size = model.config.image_size
+    holdout_set = None
+    baseline: dict[str, Any] = {}
+    if holdout:
+        holdout_set = PairDataset(InMemoryReader(holdout, list(class_names)), transform=eval_transform(size))
+        if parent is not None:
+            # The current version on the same held-out tasks, before it is fine-tuned: the bar to clear.
+            baseline, _ = _holdout_metrics(model, holdout_set, settings.device)
     train_set = PairDataset(InMemoryReader(train_records, list(class_names)), transform=train_transform(size))
     config = TrainConfig(
         epochs=settings.train_epochs,
@@ -277,11 +335,18 @@ def train_project(project: str) -> dict[str, Any]:
         report_progress(0.1 + 0.8 * entry.epoch / config.epochs, f"epoch {entry.epoch}/{config.epochs}")
 
     started = time.perf_counter()
-    history = fit(model, train_set, config, progress=False, on_epoch=on_epoch)
-    metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"]}
-    if holdout:
-        holdout_set = PairDataset(InMemoryReader(holdout, list(class_names)), transform=eval_transform(size))
-        metrics.update(_plain(evaluate(model, holdout_set, device=settings.device)))
+    try:
+        history = fit(model, train_set, config, progress=False, on_epoch=on_epoch)
+    except NonFiniteLossError as error:
+        # Nothing is published: the current version keeps serving; the job fails (retried like any job).
+        log.error("project %s: training diverged, nothing published: %s", project, error)
+        raise JobError(f"project {project}: training diverged, nothing published: {error}") from error
+    metrics: dict[str, Any] = {"train_loss": history[-1].losses["total"], "holdout_tasks": len(holdout)}
+    thresholds: dict[str, float] = {}
+    if holdout_set is not None:
+        holdout_metrics, thresholds = _holdout_metrics(model, holdout_set, settings.device)
+        metrics.update(holdout_metrics)
+    accepted, note = _compare(schema.task, metrics, baseline, settings.version_tolerance)
     model.cpu()
     info = context.registry.publish(
         project,
@@ -290,24 +355,127 @@ def train_project(project: str) -> dict[str, Any]:
         metrics=metrics,
         num_train_tasks=len(train_records),
         export=settings.inference_engine != "torch",
+        make_current=accepted,
+        thresholds=thresholds,
+        baseline=baseline,
+        note=note,
     )
     context.registry.prune(project, keep=settings.keep_prediction_versions + 2)
-    scoring = runner.enqueue(
-        "ls_backend.jobs.score_pool", project, info.version, description=f"score pool of project {project}"
-    )
-    report_progress(1.0, f"published {info.version}")
-    log.info("project %s: published %s (%s)", project, info.version, metrics)
-    return {
-        "status": "trained",
+    summary = {
         "version": info.version,
         "parent": parent,
         "train_tasks": len(train_records),
         "holdout_tasks": len(holdout),
         "metrics": metrics,
+        "baseline": baseline,
+        "note": note,
         "seconds": round(time.perf_counter() - started, 2),
-        "score_job": scoring,
         "problems": problems[:20],
     }
+    if not accepted:
+        report_progress(1.0, f"rejected {info.version}: {note}")
+        log.warning("project %s: %s rejected, %s keeps serving: %s", project, info.version, parent, note)
+        return {"status": "rejected", "current": parent, **summary}
+    scoring = runner.enqueue(
+        "ls_backend.jobs.score_pool", project, info.version, description=f"score pool of project {project}"
+    )
+    report_progress(1.0, f"published {info.version}")
+    log.info("project %s: published %s (%s; %s)", project, info.version, metrics, note)
+    return {"status": "trained", "score_job": scoring, **summary}
+
+
+def _holdout_metrics(
+    model: ThreeBranchNet, holdout_set: PairDataset, device: str
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(metrics, per-class thresholds) of a model on the held-out tasks: one pass of the fused branch."""
+    class_names = list(model.config.class_names)
+    predictions, targets = collect_predictions(model, holdout_set, device=device)
+    metrics = _plain(compute_metrics(model.config.task, predictions, targets, class_names))
+    thresholds: dict[str, float] = {}
+    if model.config.task == "detection":
+        thresholds = {
+            k: round(v, 4) for k, v in calibrate_thresholds(predictions, targets, class_names).items()
+        }
+    return metrics, thresholds
+
+
+def _compare(
+    task: str, metrics: dict[str, Any], baseline: dict[str, Any], tolerance: float
+) -> tuple[bool, str]:
+    """(accept the new version?, why): not worse than the current version on the same held-out tasks."""
+    name = PRIMARY_METRIC.get(task, "AP50")
+    new, old = metrics.get(name), baseline.get(name)
+    if not isinstance(old, (int, float)):
+        return True, "no current version measured on these held-out tasks"
+    if not isinstance(new, (int, float)):
+        return False, f"held-out {name} undefined, the current version had {old:.4f}"
+    if new + tolerance < old:
+        return False, f"held-out {name} {new:.4f} < current {old:.4f} - tolerance {tolerance}"
+    return True, f"held-out {name} {new:.4f} vs current {old:.4f} (tolerance {tolerance})"
+
+
+def init_project(project: str, checkpoint: str) -> dict[str, Any]:
+    """Start a project from a three-branch checkpoint: its classes matched to the project's by name, saved
+    as the project's first version, the pool scored and pre-annotated before anyone labels anything."""
+    context = get_context()
+    if context.registry.versions(project):
+        return {"status": "skipped", "reason": f"project {project} already has model versions"}
+    schema = context.schema(project)
+    class_names = class_names_from_schema(schema)
+    try:
+        model, match, payload = load_for_classes(
+            checkpoint, class_names, schema.task, image_size=context.settings.model_image_size
+        )
+    except CheckpointError as error:
+        raise JobError(f"project {project}: cannot start from {checkpoint}: {error}") from error
+    if match.missing:
+        log.warning(
+            "project %s: %s predicts %s, which the project's labels lack: dropped",
+            project,
+            checkpoint,
+            match.missing,
+        )
+    if match.new:
+        log.warning(
+            "project %s: no weights for %s in %s: learnt from the labels", project, match.new, checkpoint
+        )
+    extra = payload.get("extra") or {}
+    known = set(match.shared)
+    thresholds = {k: float(v) for k, v in (extra.get("thresholds") or {}).items() if k in known}
+    source_metrics = {k: v for k, v in (extra.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    note = (
+        f"from checkpoint {Path(checkpoint).name}: shared {match.shared}, new {match.new}, "
+        f"missing {match.missing}"
+    )
+    info = context.registry.publish(
+        project,
+        model,
+        metrics={"source": source_metrics, "classes": match.to_json()},
+        status="initial",
+        thresholds=thresholds,
+        note=note,
+    )
+    runner = context.runner
+    scoring = runner.enqueue(
+        "ls_backend.jobs.score_pool", project, info.version, description=f"score pool of project {project}"
+    )
+    log.info("project %s: first version %s %s", project, info.version, note)
+    return {
+        "status": "initialised",
+        "version": info.version,
+        "classes": match.to_json(),
+        "score_job": scoring,
+    }
+
+
+def use_version(project: str, version: str) -> dict[str, Any]:
+    """Make ``version`` current (a rollback, or a rejected version chosen by hand) and re-push its
+    priorities, so the queue follows the version that serves."""
+    context = get_context()
+    context.registry.info(project, version)  # RegistryError for an unknown version
+    context.registry.set_current(project, version)
+    log.info("project %s: %s made current by hand; re-pushing its priorities", project, version)
+    return score_pool(project, version)
 
 
 def _starting_model(
@@ -422,6 +590,9 @@ def _score_and_push(
     settings = context.settings
     schema = context.schema(project)
     predictor = context.predictor(project, version)
+    policy = context.policy(context.registry.info(project, version))
+    if not policy.send:
+        log.info("project %s: %s sends no regions (%s)", project, version, policy.reason)
     class_names = tuple(predictor.config.class_names)
     studio = context.studio(project)
     fetcher = context.fetcher(project)
@@ -466,7 +637,15 @@ def _score_and_push(
             if prepared is not None:
                 predictions = predictor.predict_batch(prepared)
                 for task_id, size, prediction in zip(ids, prepared.sizes, predictions, strict=True):
-                    payload, _ = prediction_payload(prediction, schema, class_names, version, image_size=size)
+                    payload, _ = prediction_payload(
+                        prediction,
+                        schema,
+                        class_names,
+                        version,
+                        image_size=size,
+                        policy=policy,
+                        task_id=task_id,
+                    )
                     page.append({"task": task_id, **payload})
                 scored += len(ids)
             while len(page) >= page_size:
@@ -487,7 +666,21 @@ def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any
         # nothing to rank, so the project keeps its version.
         report_progress(1.0, "no unlabelled tasks: nothing to rank")
         return {"model_version": None, "expected": 0, "deleted_predictions": 0}
-    studio.set_model_version(int(project), version)
+    project_data = studio.get_project(int(project))
+    sampling_set = False
+    if context.settings.set_uncertainty_sampling and project_data.get("sampling") != UNCERTAINTY_SAMPLING:
+        # Connected from Label Studio's UI, a project stays "Sequential": nothing would use the priorities.
+        studio.set_uncertainty_sampling(int(project), version)
+        sampling_set = True
+        log.info(
+            "project %s: sampling was %r, set to %r so the pushed priorities order the queue "
+            "(SET_UNCERTAINTY_SAMPLING=false leaves it)",
+            project,
+            project_data.get("sampling"),
+            UNCERTAINTY_SAMPLING,
+        )
+    else:
+        studio.set_model_version(int(project), version)
     keep = [v.version for v in context.registry.versions(project)][
         -context.settings.keep_prediction_versions :
     ]
@@ -495,4 +688,9 @@ def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any
         keep.append(version)
     deleted = studio.delete_predictions(int(project), keep_model_versions=set(keep))
     report_progress(1.0, f"project now serves {version}")
-    return {"model_version": version, "expected": expected, "deleted_predictions": deleted}
+    return {
+        "model_version": version,
+        "expected": expected,
+        "deleted_predictions": deleted,
+        "sampling_set": sampling_set,
+    }

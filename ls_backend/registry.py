@@ -5,6 +5,7 @@ Layout under ``MODEL_DIR``::
     <project>/project.json              label config and how to reach Label Studio (mode 0600)
     <project>/current.json              {"version": "..."} - replaced atomically
     <project>/versions/<version>/model.pt, meta.json, model.onnx (with INFERENCE_ENGINE=onnxruntime)
+    <project>/history.jsonl             every published version's meta, pruned ones too (for reports)
 
 A version folder is fully written under a temporary name and renamed into place before ``current.json``
 points at it, so a worker killed at any moment leaves the previous version current and no partial folder.
@@ -53,6 +54,15 @@ class VersionInfo:
     num_train_tasks: int = 0
     class_names: list[str] = field(default_factory=list)
     task: str = "detection"
+    #: "accepted" (was made current), "rejected" (worse than the current version on the same held-out
+    #: tasks: kept, never served unless chosen with `rgbt-al versions use`), or "initial" (from a checkpoint).
+    status: str = "accepted"
+    #: Per-class score thresholds calibrated on the held-out tasks (max F1 at IoU 0.5).
+    thresholds: dict[str, float] = field(default_factory=dict)
+    #: The current version's metrics on the same held-out tasks, when there was one to compare with.
+    baseline: dict[str, Any] = field(default_factory=dict)
+    #: Why the version was accepted or rejected, or where it came from.
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +152,9 @@ class ModelRegistry:
         path = self._version_dir(project, version) / "meta.json"
         if not path.exists():
             raise RegistryError(f"project {project} has no model version {version!r}")
-        return VersionInfo(**json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        known = set(VersionInfo.__dataclass_fields__)
+        return VersionInfo(**{k: v for k, v in data.items() if k in known})
 
     def current(self, project: str | int) -> VersionInfo | None:
         version = self.current_version(project)
@@ -171,6 +183,10 @@ class ModelRegistry:
         num_train_tasks: int = 0,
         make_current: bool = True,
         export: bool = False,
+        status: str | None = None,
+        thresholds: dict[str, float] | None = None,
+        baseline: dict[str, Any] | None = None,
+        note: str = "",
     ) -> VersionInfo:
         """Save a new version atomically and (by default) make it current.
 
@@ -194,6 +210,10 @@ class ModelRegistry:
                 num_train_tasks=num_train_tasks,
                 class_names=list(model.config.class_names),
                 task=model.config.task,
+                status=status or ("accepted" if make_current else "rejected"),
+                thresholds=thresholds or {},
+                baseline=baseline or {},
+                note=note,
             )
             versions_dir = self.project_dir(project) / "versions"
             versions_dir.mkdir(parents=True, exist_ok=True)
@@ -208,9 +228,40 @@ class ModelRegistry:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
+            # Versions get pruned; their record stays for `rgbt-al report` (one line per version, appended
+            # under the lock).
+            with open(self.project_dir(project) / "history.jsonl", "a") as handle:
+                handle.write(json.dumps(info.to_json(), sort_keys=True) + "\n")
             if make_current:
                 self.set_current(project, info.version)
         return info
+
+    def claim_init(self, project: str | int, checkpoint: str) -> bool:
+        """Record that the project starts from ``checkpoint``; False when that was already recorded (so
+        repeated /setup calls enqueue the start once)."""
+        path = self.project_dir(project) / "init.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x") as handle:
+                json.dump({"checkpoint": checkpoint}, handle)
+        except FileExistsError:
+            return False
+        return True
+
+    def history(self, project: str | int) -> list[VersionInfo]:
+        """Every version ever published for the project, pruned ones included, oldest first."""
+        path = self.project_dir(project) / "history.jsonl"
+        if not path.exists():
+            return []
+        known = set(VersionInfo.__dataclass_fields__)
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-write
+            records.append(VersionInfo(**{k: v for k, v in data.items() if k in known}))
+        return records
 
     def set_current(self, project: str | int, version: str) -> None:
         if not self.checkpoint_path(project, version).exists():

@@ -205,14 +205,48 @@ class Settings:
         "HEIGHTxWIDTH pairs are resized to for the network.",
         parse=_parse_size,
     )
-    imagenet_weights: Path | None = _setting(
+    imagenet_weights: str = _setting(
         "IMAGENET_WEIGHTS",
+        "auto",
+        "VGG16 trunks of a new project's first model (width 1.0 only): `auto` (torchvision's "
+        "`VGG16_Weights.IMAGENET1K_FEATURES`, from the torch hub cache or downloaded into it; offline: one "
+        "warning and random init after a short timeout), `none` (random init), or the path of a local "
+        "torchvision VGG16 state dict.",
+    )
+    initial_checkpoint: Path | None = _setting(
+        "INITIAL_CHECKPOINT",
         None,
-        "Local torchvision VGG16 state dict for the first model of a project. Empty: random init.",
+        "A three-branch checkpoint (`rgbt-al train`) every new project starts from: classes matched by name, "
+        "it becomes the project's first version and pre-annotates before any label. "
+        "`rgbt-al project --init-checkpoint` sets one per project.",
         parse=_parse_optional_path,
     )
     prediction_score_threshold: float = _setting(
-        "PREDICTION_SCORE_THRESHOLD", 0.3, "Boxes below this confidence are not sent as pre-annotations."
+        "PREDICTION_SCORE_THRESHOLD",
+        0.3,
+        "Confidence below which a region is not sent, for versions without calibrated per-class thresholds "
+        "(those come from the held-out labelled tasks: max F1 at IoU 0.5).",
+    )
+    max_regions_per_task: int = _setting(
+        "MAX_REGIONS_PER_TASK", 20, "Most pre-annotated regions sent per task (highest confidence first)."
+    )
+    preannotation_min_metric: float = _setting(
+        "PREANNOTATION_MIN_METRIC",
+        0.3,
+        "Held-out AP50 (mIoU for segmentation) a version needs before its regions are sent; below it, "
+        "predictions carry only the priority score (an empty result). Untrained models never send regions.",
+    )
+    version_tolerance: float = _setting(
+        "VERSION_TOLERANCE",
+        0.02,
+        "A new version becomes current only when its held-out metric is at least the current version's on "
+        "the same tasks minus this; otherwise it is kept as `rejected`.",
+    )
+    set_uncertainty_sampling: bool = _setting(
+        "SET_UNCERTAINTY_SAMPLING",
+        True,
+        "When pushing priorities, switch a project whose sampling is not \"Uncertainty sampling\" to it (a "
+        "backend connected from Label Studio's UI leaves it sequential).",
     )
     predict_batch_size: int = _setting("PREDICT_BATCH_SIZE", 8, "Pairs per forward pass in `/predict`.")
     torch_compile: bool = _setting("TORCH_COMPILE", False, "Compile the network with `torch.compile`.")
@@ -299,6 +333,7 @@ class Settings:
             "max_projects",
             "max_label_config_bytes",
             "max_classes",
+            "max_regions_per_task",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")

@@ -752,15 +752,19 @@ class StudioClient:
         auth_user: str | None = None,
         auth_pass: str | None = None,
         is_interactive: bool = False,
+        extra_params: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Connect an ML backend to the project (``POST /api/ml``). Label Studio calls its ``/health`` and
-        ``/setup`` right away and refuses the connection when they fail."""
+        ``/setup`` right away and refuses the connection when they fail; ``extra_params`` go to every
+        ``/setup``."""
         fields: dict[str, Any] = {
             "project": int(project_id),
             "url": url,
             "title": title,
             "is_interactive": is_interactive,
         }
+        if extra_params is not None:
+            fields["extra_params"] = extra_params
         if auth_user is not None:
             fields.update(
                 auth_method="BASIC_AUTH", basic_auth_user=auth_user, basic_auth_pass=auth_pass or ""
@@ -772,18 +776,19 @@ class StudioClient:
             retry=False,
         )
 
-    def set_ml_backend_auth(self, ml_backend_id: int, auth_user: str, auth_pass: str) -> dict[str, Any]:
-        """Give an existing ML backend connection basic-auth credentials (``PATCH /api/ml/{id}``)."""
+    def update_ml_backend(self, ml_backend_id: int, **fields: Any) -> dict[str, Any]:
+        """Change a connection (``PATCH /api/ml/{id}``); Label Studio calls the backend's ``/setup`` again."""
         return self._sdk(
             "PATCH",
             f"api/ml/{ml_backend_id}",
-            lambda o: self.sdk.ml.update(
-                int(ml_backend_id),
-                auth_method="BASIC_AUTH",
-                basic_auth_user=auth_user,
-                basic_auth_pass=auth_pass,
-                request_options=o,
-            ),
+            lambda o: self.sdk.ml.update(int(ml_backend_id), **fields, request_options=o),
+            retry=False,
+        )
+
+    def set_ml_backend_auth(self, ml_backend_id: int, auth_user: str, auth_pass: str) -> dict[str, Any]:
+        """Give an existing ML backend connection basic-auth credentials."""
+        return self.update_ml_backend(
+            ml_backend_id, auth_method="BASIC_AUTH", basic_auth_user=auth_user, basic_auth_pass=auth_pass
         )
 
     def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:

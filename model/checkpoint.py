@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from model.config import NetConfig
 from model.network import ThreeBranchNet
@@ -87,3 +89,87 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Th
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class ClassMatch:
+    """How a checkpoint's classes met a project's (by name): kept, fresh and left-out classes."""
+
+    shared: list[str]
+    new: list[str]
+    missing: list[str]
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"shared": self.shared, "new": self.new, "missing": self.missing}
+
+
+def _class_rows(num_outputs: int, ids: Sequence[int], rows: int) -> Tensor:
+    """Output rows of the classes ``ids`` in a layer whose ``rows`` outputs are (anchor, class) blocks of
+    ``num_outputs`` (SSD's classification convs; one block for the segmentation conv)."""
+    anchors = rows // num_outputs
+    index = torch.tensor(list(ids), dtype=torch.long)
+    return (torch.arange(anchors).view(-1, 1) * num_outputs + index.view(1, -1)).reshape(-1)
+
+
+def load_for_classes(
+    path: str | Path, class_names: Sequence[str], task: str, *, image_size: tuple[int, int] | None = None
+) -> tuple[ThreeBranchNet, ClassMatch, dict[str, Any]]:
+    """A checkpoint's network rebuilt for another class list, classes matched BY NAME.
+
+    Trunks, fusion and box regression are copied. In every classification layer (SSD's per-level convs,
+    or the segmentation conv), background and each class the checkpoint shares with ``class_names`` keep
+    their weights, wherever the class sits in either list; a class the checkpoint lacks keeps the layer's
+    fresh initialisation (reported in ``new``); checkpoint classes the project lacks are dropped (reported
+    in ``missing``). ``image_size`` replaces the checkpoint's input size (the weights do not depend on it).
+
+    Returns (model in eval mode on the CPU, the class match, the checkpoint dict).
+
+    Raises:
+        CheckpointError: unreadable file, another task, or no class in common.
+    """
+    payload = read_checkpoint(path)
+    source = NetConfig.from_dict(payload["config"])
+    if source.task != task:
+        raise CheckpointError(f"{path} is a {source.task} model, the project needs {task}")
+    match = ClassMatch(
+        shared=[name for name in class_names if name in source.class_names],
+        new=[name for name in class_names if name not in source.class_names],
+        missing=[name for name in source.class_names if name not in class_names],
+    )
+    if not match.shared:
+        raise CheckpointError(
+            f"{path} predicts {list(source.class_names)}, none of the project's classes {list(class_names)}"
+        )
+    changes: dict[str, Any] = {"class_names": tuple(class_names)}
+    if image_size is not None:
+        changes["image_size"] = tuple(image_size)
+    config = replace(source, **changes)
+    model = ThreeBranchNet(config)
+    state = model.state_dict()
+    loaded = payload["state_dict"]
+    # Output row of each target class in the source (0 = background maps to 0); fresh rows stay as they are.
+    pairs = [(0, 0)] + [
+        (config.class_names.index(name) + 1, source.class_names.index(name) + 1) for name in match.shared
+    ]
+    targets, sources = [t for t, _ in pairs], [s for _, s in pairs]
+    for key, value in state.items():
+        if key not in loaded:
+            raise CheckpointError(f"{path} has no {key!r}: not a compatible three-branch checkpoint")
+        old = loaded[key]
+        if _is_class_layer(key):
+            rows_to = _class_rows(config.num_outputs, targets, value.shape[0])
+            rows_from = _class_rows(source.num_outputs, sources, old.shape[0])
+            value[rows_to] = old[rows_from].to(value.dtype)
+        elif old.shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} is {tuple(old.shape)}, the network needs {tuple(value.shape)}"
+            )
+        else:
+            state[key] = old
+    model.load_state_dict(state)
+    return model.eval(), match, payload
+
+
+def _is_class_layer(key: str) -> bool:
+    """State-dict keys whose output rows are per class: SSD classification convs, the segmentation conv."""
+    return ".classification_head." in key or (key.startswith("heads.") and ".classifier." in key)

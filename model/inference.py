@@ -33,7 +33,9 @@ class PairPrediction:
 
     ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,) in 1..C (detection); ``mask`` (H, W) class ids
     (segmentation); ``inconsistency`` the pair's score I in [0, 1]; ``embedding`` (C,) fused features;
-    ``inconsistency_map`` (H, W) per-pixel (segmentation) or None, only when asked for.
+    ``inconsistency_map`` (H, W) per-pixel (segmentation) or None, only when asked for;
+    ``branch_scores`` (M, 2) the visible and thermal branches' confidence in each detection's class at the
+    default box it was decoded from (detection), so a region shows which sensor saw it.
     """
 
     inconsistency: float
@@ -43,6 +45,7 @@ class PairPrediction:
     labels: np.ndarray
     mask: np.ndarray | None = None
     inconsistency_map: np.ndarray | None = None
+    branch_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -196,8 +199,15 @@ class Predictor:
             detections = decode_detections(
                 output.fused, output.anchors, output.image_size, score_threshold=self.score_threshold
             )
+            # The single-modality branches' probabilities at each kept detection's default box and class.
+            single = [
+                torch.cat(output.branch(name).cls_logits, dim=1).float().softmax(dim=-1)
+                for name in ("visible", "thermal")
+            ]
             for i, (det, (orig_h, orig_w)) in enumerate(zip(detections, original_sizes, strict=True)):
                 scale = torch.tensor([orig_w / width, orig_h / height] * 2, device=det["boxes"].device)
+                at = (det["anchor_index"], det["labels"])
+                branch_scores = torch.stack([probs[i][at] for probs in single], dim=1)
                 results.append(
                     PairPrediction(
                         inconsistency=float(scores[i]),
@@ -205,6 +215,7 @@ class Predictor:
                         boxes=(det["boxes"] * scale).cpu().numpy(),
                         scores=det["scores"].cpu().numpy(),
                         labels=det["labels"].cpu().numpy(),
+                        branch_scores=branch_scores.cpu().numpy(),
                     )
                 )
             return results

@@ -562,3 +562,88 @@ def metrics_by_group(
         key: metric_fn([predictions[i] for i in members[key]], [targets[i] for i in members[key]])
         for key in sorted(members, key=str)
     }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Score thresholds for pre-annotations
+# --------------------------------------------------------------------------------------------------------
+
+
+def _class_matches(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    label: int,
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every image's detections of class ``label`` matched greedily at ``iou_threshold`` (ignore regions
+    excused) -> (scores (D,), is_tp (D,), number of counted GT boxes), sorted by descending score."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    all_scores, all_tp, num_gt = [np.zeros(0)], [np.zeros(0, bool)], 0
+    for prediction, target in zip(predictions, targets, strict=True):
+        scores, tp, count = _match_image(
+            prediction,
+            target,
+            label=label,
+            min_height=0.0,
+            max_occlusion=1 << 30,
+            iou_threshold=iou_threshold,
+            height_margin=1.0,
+        )
+        all_scores.append(scores)
+        all_tp.append(tp)
+        num_gt += count
+    scores, tp = np.concatenate(all_scores), np.concatenate(all_tp)
+    order = np.argsort(-scores, kind="stable")
+    return scores[order], tp[order], num_gt
+
+
+def calibrate_thresholds(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    *,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Per class, the score threshold whose detections (``score >= threshold``) maximise F1 at IoU 0.5.
+
+    Detections are matched to ground truth per image, highest score first; the F1 of keeping the top k of a
+    class is ``2 TP_k / (k + G)``. A threshold sits on a detection's score, so equal scores are kept or
+    dropped together. Classes without ground truth or without any true positive on the set are left out:
+    nothing there to calibrate on (the caller falls back to a fixed threshold). Ties in F1 go to the higher
+    threshold (fewer regions for the annotator to check).
+
+    Returns ``{class name: threshold}``.
+    """
+    thresholds: dict[str, float] = {}
+    for index, name in enumerate(class_names, start=1):
+        scores, tp, num_gt = _class_matches(predictions, targets, index, iou_threshold)
+        if num_gt == 0 or not tp.any():
+            continue
+        last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))  # end of each run of ties
+        tp_cum = np.cumsum(tp)[last]
+        f1 = 2.0 * tp_cum / (last + 1 + num_gt)
+        best = int(np.argmax(f1))  # first maximum = highest score
+        thresholds[name] = float(scores[last[best]])
+    return thresholds
+
+
+def thresholded_counts(
+    predictions: Sequence[Mapping[str, Any]],
+    targets: Sequence[Mapping[str, Any]],
+    class_names: Sequence[str],
+    thresholds: Mapping[str, float] | float,
+    *,
+    iou_threshold: float = 0.5,
+) -> dict[str, int]:
+    """True positives, false positives and counted ground-truth boxes of the detections kept by per-class
+    ``thresholds`` (or one threshold for every class), matched at ``iou_threshold``."""
+    totals = {"tp": 0, "fp": 0, "gt": 0}
+    for index, name in enumerate(class_names, start=1):
+        cut = thresholds if isinstance(thresholds, float) else thresholds.get(name, math.inf)
+        scores, tp, num_gt = _class_matches(predictions, targets, index, iou_threshold)
+        kept = scores >= cut
+        totals["tp"] += int(tp[kept].sum())
+        totals["fp"] += int((~tp[kept]).sum())
+        totals["gt"] += num_gt
+    return totals

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from model.backbone import VGG16Extractor
+from model.backbone import ImageNetWeights, VGG16Extractor
 from model.config import NetConfig
 from model.fusion import AttentionLogits, MultiLevelGAFF
 from model.heads import DefaultBoxes, DetectionHead, SegmentationHead
@@ -74,13 +74,18 @@ class ThreeBranchNet(nn.Module):
     pass. Inputs of any size work; training and serving resize pairs to ``config.image_size``.
     """
 
-    def __init__(self, config: NetConfig, imagenet_weights: str | Path | None = None) -> None:
+    def __init__(
+        self, config: NetConfig, imagenet_weights: str | Path | ImageNetWeights | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         extra = _EXTRA_LEVELS[config.task]
         self.rgb_trunk = VGG16Extractor(3, config.width, extra)
         self.thermal_trunk = VGG16Extractor(1, config.width, extra)
-        if imagenet_weights is not None:
+        if isinstance(imagenet_weights, ImageNetWeights):
+            for trunk in (self.rgb_trunk, self.thermal_trunk):
+                trunk.load_imagenet(imagenet_weights.state_dict, source_stats=imagenet_weights.source_stats)
+        elif imagenet_weights is not None:
             self.rgb_trunk.load_imagenet(imagenet_weights)
             self.thermal_trunk.load_imagenet(imagenet_weights)
         channels = self.rgb_trunk.out_channels

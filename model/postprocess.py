@@ -28,7 +28,8 @@ def decode_detections(
     """Decode one detection branch.
 
     Returns one dict per image: "boxes" (M, 4) xyxy in input pixels, "scores" (M,), "labels" (M,) in 1..C,
-    sorted by descending score, after class-wise NMS.
+    sorted by descending score, after class-wise NMS, and "anchor_index" (M,): the default box each
+    detection was decoded from (so other branches' confidences can be read at the same place).
     """
     if branch.bbox_regression is None:
         raise ValueError("decode_detections needs a detection branch")
@@ -48,7 +49,14 @@ def decode_detections(
         labels = keep % num_foreground + 1
         boxes = boxes[anchor_index]
         kept = batched_nms(boxes, scores, labels, nms_threshold)[:max_detections]
-        results.append({"boxes": boxes[kept], "scores": scores[kept], "labels": labels[kept]})
+        results.append(
+            {
+                "boxes": boxes[kept],
+                "scores": scores[kept],
+                "labels": labels[kept],
+                "anchor_index": anchor_index[kept],
+            }
+        )
     return results
 
 

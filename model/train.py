@@ -63,6 +63,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the weights are no longer usable."""
+
+
 @dataclass
 class EpochLog:
     epoch: int
@@ -172,6 +176,14 @@ def fit(
             with autocast(device, config.amp):
                 output = model(rgb, thermal)
             losses = criterion(output, targets)
+            total = float(losses["total"].detach())
+            if not math.isfinite(total):
+                # Stop before the step: a NaN gradient would poison every weight, and nothing after it
+                # (checkpoint, published version) may see them.
+                raise NonFiniteLossError(
+                    f"training loss is {total} at epoch {epoch + 1}, step {step + 1} "
+                    f"(components: {({k: float(v.detach()) for k, v in losses.items()})})"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)

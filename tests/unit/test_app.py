@@ -152,13 +152,25 @@ def test_predict_returns_one_prediction_per_task_in_label_studio_shape(app: AppU
     (direct,) = predictor.predict([(rgb, thermal)])
     first = body["results"][0]
     assert first["score"] == pytest.approx(1.0 - direct.inconsistency, abs=1e-5)
-    # Boxes empty after clipping to the image are not sent (Label Studio cannot show them).
+    # Boxes empty after clipping to the image are not sent (Label Studio cannot show them), and only the
+    # MAX_REGIONS_PER_TASK most confident are sent at all.
+    cap = app.backend.settings.max_regions_per_task
+    assert len(direct.boxes) > cap  # an untrained tiny net: many boxes, so the cap is exercised
     clipped = np.clip(direct.boxes, 0, [80, 64, 80, 64])
     kept = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    kept &= np.arange(len(kept)) < cap  # direct.scores are in descending order
     assert len(first["result"]) == int(kept.sum()) > 0
-    for region, box, score, label in zip(
-        first["result"], clipped[kept], direct.scores[kept], direct.labels[kept], strict=True
+    for region, box, score, label, branches in zip(
+        first["result"],
+        clipped[kept],
+        direct.scores[kept],
+        direct.labels[kept],
+        direct.branch_scores[kept],
+        strict=True,
     ):
+        # Each region explains itself: the visible, thermal and fused confidence at its default box.
+        visible, thermal = branches
+        assert region["meta"] == {"text": [f"RGB {visible:.2f} · thermal {thermal:.2f} · fused {score:.2f}"]}
         x1, y1, x2, y2 = box
         assert region["value"]["x"] == pytest.approx(x1 / 80 * 100, abs=1e-3)
         assert region["value"]["y"] == pytest.approx(y1 / 64 * 100, abs=1e-3)
@@ -205,7 +217,8 @@ def test_predict_reads_images_from_an_allowed_host(tmp_path: Path):
 def test_predict_before_any_training_answers_with_the_initial_model(app: AppUnderTest):
     """Documented choice: a project without a trained version (Label Studio asks right after connecting)
     gets well-formed predictions of the initial network, under the version name ``rgbt-initial``, which
-    /setup also answers; the first trained version replaces it."""
+    /setup also answers; the first trained version replaces it. An untrained network's boxes are noise:
+    the predictions carry the priority score and no region."""
     assert app.client.post("/setup", json={"project": PROJECT, "schema": DETECTION_CONFIG}).get_json() == {
         "model_version": INITIAL_VERSION
     }
@@ -214,9 +227,10 @@ def test_predict_before_any_training_answers_with_the_initial_model(app: AppUnde
     body = response.get_json()
     assert body["model_version"] == INITIAL_VERSION
     assert [r["model_version"] for r in body["results"]] == [INITIAL_VERSION] * 2
+    assert "untrained" in body["regions_withheld"]
     for prediction in body["results"]:
-        assert 0.0 <= prediction["score"] <= 1.0
-        check_rectangles(prediction["result"], 80, 64)
+        assert 0.0 < prediction["score"] < 1.0
+        assert prediction["result"] == []
 
 
 def test_initial_model_is_the_same_in_every_process(tmp_path: Path):
@@ -333,13 +347,17 @@ def test_webhooks_enqueue_rq_jobs_in_redis(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------ versions, metrics
 def test_versions_lists_the_registry(app: AppUnderTest):
-    assert app.client.get("/versions?project=7").get_json() == {"versions": [], "current": None}
+    assert app.client.get("/versions?project=7").get_json() == {
+        "versions": [],
+        "current": None,
+        "details": [],
+    }
     first = publish_tiny(app.backend).version
     second = publish_tiny(app.backend).version
-    assert app.client.get(f"/versions?project={PROJECT}").get_json() == {
-        "versions": [first, second],
-        "current": second,
-    }
+    answer = app.client.get(f"/versions?project={PROJECT}").get_json()
+    assert (answer["versions"], answer["current"]) == ([first, second], second)
+    assert [d["version"] for d in answer["details"]] == [first, second]
+    assert all(d["status"] == "accepted" and "reason" in d["regions"] for d in answer["details"])
 
 
 def samples(text: str) -> list[Sample]:
