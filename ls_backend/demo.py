@@ -3,8 +3,8 @@
 Steps: install Label Studio into its own virtualenv (once), generate synthetic RGB-T pairs, start Label
 Studio, the backend (and an RQ worker when Redis answers, else jobs run inside the server), create the
 project from ``label_config/synthetic_<task>.xml`` with the pairs imported through a local-files storage.
-Detection starts from the starter model shipped in ``starter/`` (trained on a generated *source* set: another
-seed, a day-heavy mix; see :mod:`ls_backend.starter`): it becomes the project's first version and
+Detection starts from the starter model shipped in ``model/pretrained/`` (trained on a generated *source*
+set: another seed, a day-heavy mix; see :mod:`model.starter`): it becomes the project's first version and
 pre-annotates the pool at once. Then the demo annotates a random initial set with the generator's ground
 truth (the paper's random initial labelled set), fine-tunes on it (the new version becomes current only when
 it is not worse on the held-out tasks), scores the pool and pushes the priorities, then prints the URL and
@@ -36,9 +36,9 @@ from ls_backend.admin import (
 )
 from ls_backend.processes import BackendServer, Worker, child_env
 from ls_backend.registry import ModelRegistry, VersionInfo
-from ls_backend.starter import STARTER_DETECTION
 from ls_backend.studio import StudioClient
 from ls_backend.studio_server import LabelStudioServer, ensure_database_template, ensure_label_studio
+from model.starter import STARTER_DETECTION
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ annotations fine-tune it, as a real user would start from a model trained on KAI
 
 Reproduce the shipped file (about 10 minutes on an idle 2-core CPU)::
 
-    nice -n 10 python -m ls_backend.starter --out starter/synthetic_detection.pt
+    nice -n 10 python -m model.starter --out model/pretrained/synthetic_detection.pt
 
 It writes the checkpoint (with per-class score thresholds calibrated on the source validation split in its
 ``extra``) and ``<out>.json`` with the recipe and the metrics it reached.
@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Where the repository keeps the shipped starter model of the demo (detection).
-STARTER_DIR = Path(__file__).resolve().parent.parent / "starter"
+#: Where the package keeps the shipped starter model of the demo (detection).
+STARTER_DIR = Path(__file__).resolve().parent / "pretrained"
 STARTER_DETECTION = STARTER_DIR / "synthetic_detection.pt"
 
 #: Day-heavy: most of "last season's" pairs were recorded by day, few at night or in crossover.
@@ -98,7 +98,7 @@ def train_starter(out: Path, recipe: StarterRecipe, *, device: str = "auto") -> 
     thresholds = calibrate_thresholds(predictions, targets, list(SYNTH_CLASSES))
     summary = {
         "recipe": asdict(recipe),
-        "command": f"nice -n 10 python -m ls_backend.starter --out {out}",
+        "command": f"nice -n 10 python -m model.starter --out {out}",
         "source_val": {k: v for k, v in metrics.items() if isinstance(v, float)},
         "thresholds": thresholds,
         "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
@@ -111,7 +111,7 @@ def train_starter(out: Path, recipe: StarterRecipe, *, device: str = "auto") -> 
         extra={
             "thresholds": thresholds,
             "metrics": {"source_AP50": summary["source_val"].get("AP50")},
-            "source": "ls_backend.starter",
+            "source": "model.starter",
         },
     )
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
