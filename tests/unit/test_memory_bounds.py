@@ -44,6 +44,7 @@ from tests.unit.app_support import (
     make_app,
     make_settings,
     predict_body,
+    publish_tiny,
     torch_threads,
     write_pair,
 )
@@ -305,6 +306,7 @@ def test_segmentation_predict_maps_reduced_images_to_original_size(
 
     monkeypatch.setattr(images, "load_rgb", spy_rgb)
     app = make_app(make_settings(tmp_path))
+    publish_tiny(app.backend, task="segmentation")  # a trained version sends regions (the initial one not)
     data = write_pair(app.images, "big", size=(640, 800))
     with torch_threads(1):
         response = app.client.post(
