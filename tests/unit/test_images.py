@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -46,6 +46,7 @@ from ls_backend.images import (
     is_blocked_address,
 )
 from ls_backend.label_config import schema_from_config
+from ls_backend.studio import StudioClient
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"  # shaped like a legacy token
 SCHEMA = schema_from_config(
@@ -143,28 +144,9 @@ def server(make_server: Callable[[], Server]) -> Server:
     return make_server()
 
 
-class StudioStandIn:
-    """Duck-types the StudioClient API the fetcher uses (resolve_url, auth_headers), legacy-token style."""
-
-    def __init__(self, base_url: str, token: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.token = token
-
-    def resolve_url(self, url: str) -> str:
-        return urljoin(self.base_url + "/", url)
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Token {self.token}"}
-
-
-def studio_client(base_url: str) -> StudioStandIn:
-    return StudioStandIn(base_url, TOKEN)
-
-
-def test_the_real_studio_client_offers_what_the_fetcher_uses() -> None:
-    studio = pytest.importorskip("ls_backend.studio", reason="ls_backend.studio is not written yet")
-    for method in ("resolve_url", "auth_headers"):
-        assert callable(getattr(studio.StudioClient, method, None)), method
+def studio_client(base_url: str, token: str = TOKEN) -> StudioClient:
+    """The real Label Studio client (legacy token): the fetcher resolves URLs and signs requests with it."""
+    return StudioClient(base_url, token, retries=1)
 
 
 def fetcher(tmp_path: Path | None = None, **kwargs) -> ImageFetcher:
@@ -566,7 +548,7 @@ def test_studio_relative_and_absolute_urls_carry_the_token(studio_server: Server
 
 def test_studio_token_refused_is_502(studio_server: Server) -> None:
     studio_server.routes["/data/upload/1/a.png"] = (200, {}, png(8, 6))
-    images = fetcher(studio=StudioStandIn(studio_server.url(""), "wrong"))
+    images = fetcher(studio=studio_client(studio_server.url(""), "wrong"))
     with pytest.raises(UpstreamError, match="HTTP 401"):
         images.fetch_bytes("/data/upload/1/a.png")
 
