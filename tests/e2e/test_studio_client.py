@@ -454,7 +454,11 @@ def test_ml_backend_connect_retrieve_predictions_and_train(
     assert 0.0 <= prediction["score"] <= 1.0
     assert all(r["type"] == "rectanglelabels" for r in prediction["result"])
 
-    studio.train(connected["id"])  # Label Studio sends the backend START_TRAINING; no error is enough here
+    # Label Studio passes "Start training" on to the backend, which queues a training job for the project.
+    assert requests.get(f"{ml_backend}/jobs", timeout=10).json()["jobs"] == []
+    studio.train(connected["id"])
+    jobs = requests.get(f"{ml_backend}/jobs", timeout=10).json()["jobs"]
+    assert [j["description"] for j in jobs] == [f"train project {project_id}"], jobs
 
     with pytest.raises(StudioError) as info:
         studio.connect_ml_backend(project_id, f"http://127.0.0.1:{free_port()}", title="nowhere")
