@@ -3,8 +3,9 @@ restarted under a running backend and worker, Label Studio going away during a p
 
 Processes are real (`rgbt-al serve` under gunicorn, `rgbt-al worker`, `redis-server`, Label Studio); the
 only things in between are two proxies of this file, real TCP and HTTP servers that forward to Label Studio
-and can refuse or drop connections on cue. Figures go to ``benchmarks/results/reliability.json``
-("worker_sigkill", "redis_restart", "studio_down_push").
+and can refuse or drop connections on cue. Figures ("worker_sigkill", "redis_restart", "studio_down_push")
+go to the reliability figures (``tests/reliability.py``: a temporary file, or
+``benchmarks/results/reliability.json`` with ``make reliability``).
 """
 
 from __future__ import annotations
