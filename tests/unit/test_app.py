@@ -22,6 +22,7 @@ from ls_backend.app import create_app
 from ls_backend.backend import INITIAL_VERSION, RGBTBackend
 from ls_backend.queues import RQRunner
 from model.data.io import load_rgb, load_thermal
+from tests.services import redis_url
 from tests.unit.app_support import (
     CLASSES,
     DETECTION_CONFIG,
@@ -39,7 +40,7 @@ from tests.unit.app_support import (
     write_pair,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = redis_url()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
