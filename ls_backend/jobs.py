@@ -57,7 +57,10 @@ class JobContext:
     settings: Settings
     registry: ModelRegistry = field(init=False)
     _studios: dict[tuple[str, str], StudioClient] = field(default_factory=dict, init=False)
-    _predictors: OrderedDict[tuple[str, str], Predictor] = field(default_factory=OrderedDict, init=False)
+    #: project -> version -> loaded model, both least recently used first.
+    _predictors: OrderedDict[str, OrderedDict[str, Predictor]] = field(
+        default_factory=OrderedDict, init=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -124,17 +127,24 @@ class JobContext:
         return ThreeBranchNet(self.net_config(schema), imagenet_weights=self.settings.imagenet_weights)
 
     def predictor(self, project: str, version: str) -> Predictor:
-        """A loaded version, cached (two at most: the current one and the one replacing it)."""
-        key = (project, version)
+        """A loaded version, cached per project: two versions each (the current one and the one replacing
+        it), for the PREDICTOR_CACHE_PROJECTS most recently used projects."""
         with self._lock:
-            if key in self._predictors:
-                self._predictors.move_to_end(key)
-                return self._predictors[key]
+            versions = self._predictors.get(project)
+            if versions is not None and version in versions:
+                self._predictors.move_to_end(project)
+                versions.move_to_end(version)
+                return versions[version]
         model, _ = self.registry.load(project, version)
         predictor = self.make_predictor(model)
         with self._lock:
-            self._predictors[key] = predictor
-            while len(self._predictors) > 2:
+            versions = self._predictors.setdefault(project, OrderedDict())
+            versions[version] = predictor
+            versions.move_to_end(version)
+            self._predictors.move_to_end(project)
+            while len(versions) > 2:
+                versions.popitem(last=False)
+            while len(self._predictors) > self.settings.predictor_cache_projects:
                 self._predictors.popitem(last=False)
         return predictor
 

@@ -158,6 +158,12 @@ class Settings:
     )
     predict_batch_size: int = _setting("PREDICT_BATCH_SIZE", 8, "Pairs per forward pass in `/predict`.")
     torch_compile: bool = _setting("TORCH_COMPILE", False, "Compile the network with `torch.compile`.")
+    predictor_cache_projects: int = _setting(
+        "PREDICTOR_CACHE_PROJECTS",
+        4,
+        "Projects whose models a process keeps loaded (two versions each: the current one and the one "
+        "replacing it); the least recently used project's are dropped beyond that.",
+    )
     # --- Training
     train_every_n_annotations: int = _setting(
         "TRAIN_EVERY_N_ANNOTATIONS",
@@ -208,7 +214,8 @@ class Settings:
             raise SettingsError("HOLDOUT_FRACTION must be in [0, 1)")
         if self.worker_lease_seconds < 2:
             raise SettingsError("WORKER_LEASE_SECONDS must be >= 2")
-        for name in ("train_every_n_annotations", "train_epochs", "push_page_size", "score_shard_size"):
+        at_least_one = ("train_every_n_annotations", "train_epochs", "push_page_size", "score_shard_size")
+        for name in (*at_least_one, "predictor_cache_projects"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")
 
