@@ -273,7 +273,7 @@ def test_personal_access_token(
         fetched = requests.get(client.resolve_url(task["data"]["thermal"]), headers={"Authorization": header})
         assert fetched.status_code == 200
         assert fetched.content == (image_project["folder"] / "thermal.png").read_bytes()
-        # The PAT itself is not accepted as a token: it must be exchanged (DESIGN.md section 3).
+        # The PAT itself is not accepted as a token: it must be exchanged (docs/architecture.md, section 2).
         for wrong in (f"Token {personal_access_token}", f"Bearer {personal_access_token}"):
             refused = requests.get(client.resolve_url(task["data"]["rgb"]), headers={"Authorization": wrong})
             assert refused.status_code == 401
@@ -443,7 +443,7 @@ def test_ml_backend_connect_retrieve_predictions_and_train(
     connected = studio.connect_ml_backend(project_id, ml_backend, title="rgbt-al e2e")
     assert connected["url"] == ml_backend and connected["project"] == project_id
     assert [b["id"] for b in studio.list_ml_backends(project_id)] == [connected["id"]]
-    # Connecting gives a project without a model version the backend's title (DESIGN.md section 3).
+    # Connecting gives a project without a model version the backend's title (docs/architecture.md, 2).
     assert studio.get_project(project_id)["model_version"] == "rgbt-al e2e"
 
     answer = studio.retrieve_predictions(project_id, [image_project["task_id"]])
