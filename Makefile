@@ -49,5 +49,10 @@ reliability: venv
 	RGBT_RELIABILITY_RESULTS=$(CURDIR)/benchmarks/results/reliability.json $(BIN)/python -m pytest -q \
 		tests/unit/test_app_fuzz.py tests/integration/test_faults.py tests/e2e/test_faults.py
 
+# Mutation testing (mutmut) of the core modules against their unit tests; not in CI (long on a small CPU).
+# Scratch copies and cached results in build/mutation/; MUTATION_ARGS="model/postprocess.py" for one module.
+mutation: venv
+	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build/mutation
