@@ -110,5 +110,20 @@ def test_a_segmentation_branch_is_refused_and_decoded_by_argmax():
     masks = decode_segmentation(BranchOutput(cls_logits=[logits]))
     assert masks.shape == (2, 4, 5) and masks.dtype == torch.int64
     assert masks[0, 1, 1] == 2 and int(masks[0].sum()) == 2 and bool((masks[1] == 1).all())
-    with pytest.raises(ValueError, match="detection branch"):
+    with pytest.raises(ValueError, match=r"^decode_detections needs a detection branch$"):
         decode_detections(BranchOutput(cls_logits=[logits]), ANCHORS, SIZE)
+
+
+def test_defaults_keep_400_candidates_and_100_detections():
+    """450 far-apart boxes (no NMS overlap) of one class, scores falling with the index."""
+    count = 450
+    corners = torch.arange(count, dtype=torch.float32)[:, None] * 20
+    anchors = [torch.cat([corners, corners, corners + 10, corners + 10], dim=1)]
+    scores = torch.linspace(0.9, 0.5, count)
+    logits = torch.stack([(1 - scores).log(), scores.log()], dim=1)[None]
+    output = BranchOutput(cls_logits=[logits], bbox_regression=[torch.zeros(1, count, 4)])
+    (result,) = decode_detections(output, anchors, (10_000, 10_000))
+    assert len(result["scores"]) == 100
+    (result,) = decode_detections(output, anchors, (10_000, 10_000), max_detections=count)
+    assert len(result["scores"]) == 400
+    torch.testing.assert_close(result["scores"], scores[:400])
