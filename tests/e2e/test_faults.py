@@ -55,6 +55,24 @@ def files_of(directory: Path) -> dict[str, str]:
     }
 
 
+def private_redis_stack(
+    label_studio: LabelStudioServer, tmp_path: Path, **overrides: str
+) -> tuple[RedisServer, dict[str, str]]:
+    """A private, non-persistent Redis (not started yet) and the stack settings of a backend on it that
+    trains every 3 annotations."""
+    redis = RedisServer(free_port(), log_path=tmp_path / "redis" / "redis.log")
+    values = stack_settings(
+        label_studio.url,
+        label_studio.token,
+        tmp_path / "models",
+        redis_url=redis.url,
+        queue="rgbt-al",
+        TRAIN_EVERY_N_ANNOTATIONS="3",
+        **overrides,
+    )
+    return redis, values
+
+
 def job_in(runner: RQRunner, job_id: str, status: str, *alive: Worker | BackendServer) -> JobState | None:
     """The job's state once it has ``status`` (None before); fails at once when a process died."""
     for process in alive:
@@ -193,16 +211,7 @@ def test_redis_restart_keeps_predict_answering_and_the_next_event_enqueues(
     Redis comes back empty on the same port: the next event enqueues training again and the same worker,
     still running, trains and publishes a version that `/predict` then serves."""
     project = labelled_project("fault redis restart", pairs=8, annotated=4)
-    redis = RedisServer(free_port(), log_path=tmp_path / "redis" / "redis.log")
-    values = stack_settings(
-        label_studio.url,
-        label_studio.token,
-        tmp_path / "models",
-        redis_url=redis.url,
-        queue="rgbt-al",
-        TRAIN_EVERY_N_ANNOTATIONS="3",
-        HOLDOUT_FRACTION="0.0",
-    )
+    redis, values = private_redis_stack(label_studio, tmp_path, HOLDOUT_FRACTION="0.0")
     backend = BackendServer(free_port(), env=child_env(values), log_path=tmp_path / "backend.log", threads=4)
     worker = Worker(env=child_env(values), log_path=tmp_path / "worker.log")
     with StudioClient(label_studio.url, label_studio.token) as client:
@@ -304,15 +313,7 @@ def test_webhooks_refused_while_redis_was_down_still_start_a_round(
     would have started; annotations older than the current version do not."""
     lost = labelled_project("lost webhooks", pairs=6, annotated=4)  # four annotations, no version yet
     trained = labelled_project("trained since", pairs=6, annotated=4)
-    redis = RedisServer(free_port(), log_path=tmp_path / "redis" / "redis.log")
-    values = stack_settings(
-        label_studio.url,
-        label_studio.token,
-        tmp_path / "models",
-        redis_url=redis.url,
-        queue="rgbt-al",
-        TRAIN_EVERY_N_ANNOTATIONS="3",
-    )
+    redis, values = private_redis_stack(label_studio, tmp_path)
     settings = Settings.from_env(values)
 
     def event(project: LabelledProject, task: int) -> dict[str, Any]:
