@@ -9,6 +9,7 @@ from model.config import NetConfig
 from model.inconsistency import (
     binary_entropy,
     flat_mean,
+    inconsistency_heatmap,
     inconsistency_maps,
     masked_scale_balanced_mean,
     object_masks,
@@ -163,3 +164,48 @@ def test_object_masks_follow_either_branchs_foreground():
     scores = masked_scale_balanced_mean(inconsistency_maps(output), masks)
     torch.testing.assert_close(scores, torch.tensor([1.0]), atol=1e-4, rtol=0)
     assert pair_scores(output) < scores  # the paper's mean includes the agreeing background anchor
+
+
+def _agreeing_output(task: str) -> NetOutput:
+    """A real forward pass whose thermal branch is made to say exactly what the visible one says (I = 0)."""
+    torch.manual_seed(0)
+    config = NetConfig(task=task, class_names=("person", "car"), width=0.125, image_size=(64, 80))
+    with torch.no_grad():
+        output = ThreeBranchNet(config).eval()(torch.rand(2, 3, 64, 80), torch.rand(2, 1, 64, 80))
+    output.thermal = BranchOutput(
+        cls_logits=[t.clone() for t in output.visible.cls_logits],
+        bbox_regression=output.visible.bbox_regression,
+    )
+    return output
+
+
+def test_heatmap_puts_a_disagreement_where_its_cell_is():
+    output = _agreeing_output("detection")
+    assert inconsistency_heatmap(output).abs().max() < 1e-5
+    # One anchor of the finest level, in its top-left cell, of the second image: visible says "car" for
+    # sure, thermal says background for sure.
+    level = 0
+    rows, cols = output.attention[level].inter.shape[-2:]
+    per_cell = output.visible.cls_logits[level].shape[1] // (rows * cols)
+    output.visible.cls_logits[level][1, 0] = torch.tensor([-20.0, -20.0, 20.0])
+    output.thermal.cls_logits[level][1, 0] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)
+    assert heat.shape == (2, 64, 80) and per_cell >= 1 and rows * cols >= 16
+    assert heat[0].abs().max() < 1e-5  # the other image is untouched
+    levels = len(output.anchors)
+    # The cell's disagreement (I = 1), upsampled, averaged with the other levels' zeros: 1 / levels at the
+    # top-left corner, fading to 0 away from that cell.
+    assert heat[1, 0, 0].item() == pytest.approx(1 / levels, abs=1e-3)
+    assert heat[1, -1, -1].item() == pytest.approx(0.0, abs=1e-5)
+    assert heat[1].max().item() == pytest.approx(1 / levels, abs=1e-3)
+
+
+def test_segmentation_heatmap_is_the_pixel_map():
+    output = _agreeing_output("segmentation")
+    output.visible.cls_logits[0][0, :, 5, 7] = torch.tensor([-20.0, 20.0, -20.0])
+    output.thermal.cls_logits[0][0, :, 5, 7] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)
+    torch.testing.assert_close(heat, inconsistency_maps(output)[0])
+    assert heat.shape[0] == 2 and heat[0, 5, 7].item() == pytest.approx(1.0, abs=1e-4)
+    assert (heat[0] > 0.5).sum() == 1 and heat[1].abs().max() < 1e-5
+    assert inconsistency_heatmap(output, reduction="mean")[0, 5, 7].item() < heat[0, 5, 7].item()
