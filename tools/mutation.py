@@ -88,7 +88,9 @@ def run(module: str, tests: list[str], children: int) -> dict[str, object]:
         [mutmut, "results"], cwd=folder, env=env, check=True, capture_output=True, text=True
     )
     survivors = sorted(
-        line.split(":")[0].strip() for line in listed.stdout.splitlines() if line.strip().endswith("survived")
+        line.split(":")[0].strip()
+        for line in listed.stdout.splitlines()
+        if line.strip().endswith(("survived", "no tests", "timeout", "suspicious"))
     )
     killed, total = int(stats["killed"]), int(stats["total"])
     tested = total - int(stats.get("skipped", 0)) - int(stats.get("not_checked", 0))
@@ -102,12 +104,35 @@ def run(module: str, tests: list[str], children: int) -> dict[str, object]:
     }
 
 
+def markdown_table(summary: dict[str, dict]) -> str:
+    rows = [
+        "| Module | Mutants | Killed | Survived or untested | Killed share |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for module in MODULES:
+        if module not in summary:
+            rows.append(f"| `{module}` | not run | | | |")
+            continue
+        result = summary[module]
+        stats = result["stats"]
+        share = result["killed_share"]
+        rows.append(
+            f"| `{module}` | {stats['total']} | {stats['killed']} | {len(result['survivors'])} | "
+            f"{'n/a' if share is None else f'{100 * share:.1f}%'} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"default: {' '.join(MODULES)}")
     parser.add_argument("--children", type=int, default=2, help="parallel mutants (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--markdown", action="store_true", help="print the README table of the last runs")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(json.loads((WORK / "summary.json").read_text())))
+        return 0
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         parser.error(f"not a core module: {', '.join(unknown)} (one of {', '.join(MODULES)})")
