@@ -242,11 +242,18 @@ def test_redirects_are_checked_hop_by_hop(server: Server) -> None:
 @pytest.mark.parametrize(
     "url", ["http://169.254.169.254/latest/meta-data/", "http://[::ffff:169.254.169.254]/"]
 )
-def test_link_local_refused_even_when_allowed(url: str) -> None:
-    started = time.perf_counter()
+def test_link_local_refused_even_when_allowed(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    connects: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        connects.append(address)
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
     with pytest.raises(ForbiddenImageURL, match="blocked address"):
         fetcher(allowed_hosts=["169.254.169.254", "::ffff:169.254.169.254"]).fetch_bytes(url)
-    assert time.perf_counter() - started < 2  # refused before any connection attempt
+    assert connects == []  # refused before any connection attempt
 
 
 def test_host_names_resolving_to_link_local_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,10 +308,8 @@ def test_oversize_streamed_body_413_reads_at_most_the_limit(server: Server) -> N
             sent["done"].set()
 
     server.routes["/endless"] = endless
-    started = time.perf_counter()
     with pytest.raises(ImageTooLarge, match="more than the limit"):
         fetcher(max_bytes=256 * 1024).fetch_bytes(server.url("/endless"))
-    assert time.perf_counter() - started < 5
     assert sent["done"].wait(5)
     assert sent["bytes"] < 64 * (
         1 << 20
