@@ -209,3 +209,35 @@ def test_segmentation_heatmap_is_the_pixel_map():
     assert heat.shape[0] == 2 and heat[0, 5, 7].item() == pytest.approx(1.0, abs=1e-4)
     assert (heat[0] > 0.5).sum() == 1 and heat[1].abs().max() < 1e-5
     assert inconsistency_heatmap(output, reduction="mean")[0, 5, 7].item() < heat[0, 5, 7].item()
+
+
+@pytest.mark.parametrize("reduce", [scale_balanced_mean, flat_mean])
+def test_no_level_is_refused(reduce):
+    with pytest.raises(ValueError, match=r"^at least one level is needed$"):
+        reduce([])
+
+
+def test_masked_mean_refuses_no_level_and_masks_that_do_not_match():
+    with pytest.raises(ValueError, match=r"^at least one level is needed$"):
+        masked_scale_balanced_mean([], [])
+    two_levels, one_mask = [torch.zeros(1, 2), torch.zeros(1, 1)], [torch.ones(1, 2, dtype=torch.bool)]
+    with pytest.raises(ValueError):
+        masked_scale_balanced_mean(two_levels, one_mask)
+
+
+def test_masked_mean_averages_the_levels_each_pair_has():
+    levels = [torch.tensor([[0.2, 0.4], [0.6, 0.8]]), torch.tensor([[1.0], [0.5]])]
+    masks = [torch.tensor([[True, True], [True, False]]), torch.tensor([[True], [False]])]
+    # Pair 0: levels 0.3 and 1.0 -> 0.65. Pair 1: only its first level has a masked prediction -> 0.6.
+    torch.testing.assert_close(masked_scale_balanced_mean(levels, masks), torch.tensor([0.65, 0.6]))
+
+
+def test_object_masks_threshold_is_inclusive_and_levels_must_match():
+    output = _agreeing_output("detection")
+    # Two anchors: background 0.5 (foreground exactly at the threshold) and 0.75 (below it).
+    visible = torch.tensor([[[0.5, 0.25, 0.25], [0.75, 0.125, 0.125]]])
+    thermal = torch.tensor([[[0.75, 0.125, 0.125], [0.75, 0.25, 0.0]]])
+    (mask,) = object_masks(output, 0.5, probabilities=([visible], [thermal]))
+    assert mask.tolist() == [[True, False]]
+    with pytest.raises(ValueError):
+        object_masks(output, 0.5, probabilities=([visible, visible], [thermal]))
