@@ -72,3 +72,13 @@ def test_prune_keeps_newest_and_current(tmp_path: Path):
     deleted = registry.prune("2", keep=2)
     assert deleted == [names[1]]
     assert [v.version for v in registry.versions("2")] == [names[0], names[2], names[3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2"]  # it locked its own project, no other
+
+
+def test_prune_with_room_to_spare_deletes_nothing(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    names = [registry.publish("2", tiny()).version for _ in range(2)]
+    registry.set_current("2", names[1])
+    for keep in (2, 3):
+        assert registry.prune("2", keep=keep) == []
+    assert [v.version for v in registry.versions("2")] == names
