@@ -241,3 +241,16 @@ def test_object_masks_threshold_is_inclusive_and_levels_must_match():
     assert mask.tolist() == [[True, False]]
     with pytest.raises(ValueError):
         object_masks(output, 0.5, probabilities=([visible, visible], [thermal]))
+
+
+def test_pair_scores_pass_the_class_reduction_on_and_refuse_unknown_aggregations():
+    output = _agreeing_output("detection")
+    # One anchor where the branches disagree on class 1 only: max over classes 1, mean over the 2 classes 1/2.
+    output.visible.cls_logits[0][0, 0] = torch.tensor([-20.0, 20.0, -20.0])
+    output.thermal.cls_logits[0][0, 0] = torch.tensor([20.0, -20.0, -20.0])
+    by_max = pair_scores(output, reduction="max")
+    by_mean = pair_scores(output, reduction="mean")
+    assert by_max[0] > 0 and by_mean[0] < by_max[0]
+    torch.testing.assert_close(pair_scores(output), by_max)  # max is the default
+    with pytest.raises(ValueError, match=r"^aggregation must be 'scale_balanced' or 'flat', got 'median'$"):
+        pair_scores(output, aggregation="median")  # type: ignore[arg-type]

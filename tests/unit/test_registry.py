@@ -82,3 +82,13 @@ def test_prune_with_room_to_spare_deletes_nothing(tmp_path: Path):
     for keep in (2, 3):
         assert registry.prune("2", keep=keep) == []
     assert [v.version for v in registry.versions("2")] == names
+
+
+def test_prune_clears_staging_leftovers_of_a_killed_publish(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    name = registry.publish("2", tiny()).version
+    leftover = tmp_path / "2" / "versions" / ".staging-killed"
+    (leftover / "sub").mkdir(parents=True)
+    assert registry.prune("2", keep=5) == []
+    assert not leftover.exists()
+    assert [v.version for v in registry.versions("2")] == [name]
