@@ -92,3 +92,11 @@ def test_prune_clears_staging_leftovers_of_a_killed_publish(tmp_path: Path):
     assert registry.prune("2", keep=5) == []
     assert not leftover.exists()
     assert [v.version for v in registry.versions("2")] == [name]
+
+
+def test_current_is_none_before_the_first_version(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    assert registry.current("3") is None
+    info = registry.publish("3", tiny())
+    current = registry.current("3")
+    assert current is not None and current.version == info.version
