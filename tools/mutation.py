@@ -70,8 +70,26 @@ def prepare(module: str, tests: list[str]) -> Path:
     return folder
 
 
-def run(module: str, tests: list[str], children: int) -> dict[str, object]:
+def forget_unkilled(folder: Path) -> int:
+    """Mark every mutant the last run did not kill (survived, untested, timed out) as not checked, so the
+    next run tries it against the tests as they are now (mutmut keeps results while a function is unchanged,
+    even when tests were added since). Returns how many."""
+    forgotten = 0
+    for meta in (folder / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        codes = data.get("exit_code_by_key", {})
+        for name, code in codes.items():
+            if code is not None and code not in (1, 3):  # mutmut's "killed" exit codes
+                codes[name] = None
+                forgotten += 1
+        meta.write_text(json.dumps(data))
+    return forgotten
+
+
+def run(module: str, tests: list[str], children: int, recheck: bool = False) -> dict[str, object]:
     folder = prepare(module, [t for t in tests if (ROOT / t).exists()])
+    if recheck:
+        print(f"{module}: {forget_unkilled(folder)} mutants not killed last time are tried again", flush=True)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the mutated copy must be imported
     env["OMP_NUM_THREADS"] = "1"
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=2, help="parallel mutants (default 2)")
     parser.add_argument("--survivors", action="store_true", help="print each survivor's diff")
     parser.add_argument("--markdown", action="store_true", help="print the README table of the last runs")
+    parser.add_argument("--recheck", action="store_true", help="try again the mutants not killed last time")
     args = parser.parse_args(argv)
     if args.markdown:
         print(markdown_table(json.loads((WORK / "summary.json").read_text())))
@@ -139,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = WORK / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for module in args.modules or list(MODULES):
-        result = run(module, MODULES[module], args.children)
+        result = run(module, MODULES[module], args.children, recheck=args.recheck)
         summary[module] = result
         WORK.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
