@@ -254,3 +254,36 @@ def test_pair_scores_pass_the_class_reduction_on_and_refuse_unknown_aggregations
     torch.testing.assert_close(pair_scores(output), by_max)  # max is the default
     with pytest.raises(ValueError, match=r"^aggregation must be 'scale_balanced' or 'flat', got 'median'$"):
         pair_scores(output, aggregation="median")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("background", [0, 1, 2, 3, -1, None])
+def test_the_background_class_left_out_is_the_one_named(background):
+    """Four classes, one pair of predictions; the reduction must ignore exactly the class given."""
+    p_v = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    p_t = torch.tensor([[0.1, 0.6, 0.2, 0.1]])
+    per_class = prediction_inconsistency(p_v, p_t)  # elementwise, every class
+    kept = [c for c in range(4) if background is None or c != background % 4]
+    expected = per_class[:, kept]
+    for reduction, reduce in (("max", expected.amax), ("mean", expected.mean)):
+        got = prediction_inconsistency(
+            p_v, p_t, class_dim=1, reduction=reduction, background_index=background
+        )
+        torch.testing.assert_close(got, reduce(dim=1))
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match=r"^shapes differ: \(2,\) vs \(3,\)$"):
+        prediction_inconsistency(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^no foreground class left after dropping the background$"):
+        prediction_inconsistency(torch.ones(2, 1), torch.ones(2, 1), class_dim=1)
+    with pytest.raises(ValueError, match=r"^reduction must be 'max' or 'mean', got 'median'$"):
+        uniform = torch.ones(2, 3) / 3
+        prediction_inconsistency(uniform, uniform, class_dim=1, reduction="median")  # type: ignore[arg-type]
+
+
+def test_eps_bounds_the_probabilities():
+    one, zero = torch.tensor([1.0]), torch.tensor([0.0])
+    assert prediction_inconsistency(one, zero).item() == pytest.approx(1.0, abs=1e-3)
+    # With eps = 0.1 the branches say 0.9 and 0.1: I = H(0.5) - H(0.1) = 1 - 0.469.
+    bounded = prediction_inconsistency(one, zero, eps=0.1).item()
+    assert bounded == pytest.approx(1 - entropy_bits(0.1), abs=1e-4)
