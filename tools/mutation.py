@@ -108,18 +108,27 @@ def run(module: str, tests: list[str], children: int, recheck: bool = False) -> 
     survivors = sorted(
         line.split(":")[0].strip()
         for line in listed.stdout.splitlines()
-        if line.strip().endswith(("survived", "no tests", "timeout", "suspicious"))
+        if line.strip().endswith(("survived", "no tests", "suspicious"))
     )
-    killed, total = int(stats["killed"]), int(stats["total"])
+    # A mutant that runs past mutmut's CPU-time limit (a loop, a blow-up) is caught too.
+    killed = int(stats["killed"]) + int(stats.get("timeout", 0))
+    total = int(stats["total"])
     tested = total - int(stats.get("skipped", 0)) - int(stats.get("not_checked", 0))
     return {
         "module": module,
         "tests": tests,
         "stats": stats,
+        "killed": killed,
         "killed_share": round(killed / tested, 4) if tested else None,
         "survivors": survivors,
         "folder": str(folder.relative_to(ROOT)),
     }
+
+
+def _killed(result: dict) -> int:
+    """Killed or timed out (results written before timeouts counted have no "killed" key)."""
+    stats = result["stats"]
+    return int(result.get("killed", int(stats["killed"]) + int(stats.get("timeout", 0))))
 
 
 def markdown_table(summary: dict[str, dict]) -> str:
@@ -135,7 +144,7 @@ def markdown_table(summary: dict[str, dict]) -> str:
         stats = result["stats"]
         share = result["killed_share"]
         rows.append(
-            f"| `{module}` | {stats['total']} | {stats['killed']} | {len(result['survivors'])} | "
+            f"| `{module}` | {stats['total']} | {_killed(result)} | {len(result['survivors'])} | "
             f"{'n/a' if share is None else f'{100 * share:.1f}%'} |"
         )
     return "\n".join(rows)
@@ -163,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         WORK.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         share = result["killed_share"]
-        print(f"{module}: {result['stats']['killed']} killed of {result['stats']['total']} "
+        print(f"{module}: {result['killed']} killed of {result['stats']['total']} "
               f"({'n/a' if share is None else f'{100 * share:.1f}%'}), {len(result['survivors'])} survived")
         if args.survivors:
             mutmut = str(Path(sys.executable).with_name("mutmut"))
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     [mutmut, "show", name], cwd=ROOT / result["folder"], capture_output=True, text=True
                 )
                 print(shown.stdout)
-    killed = sum(int(r["stats"]["killed"]) for r in summary.values())
+    killed = sum(_killed(r) for r in summary.values())
     survived = sum(len(r["survivors"]) for r in summary.values())
     if killed + survived:
         share = 100 * killed / (killed + survived)
