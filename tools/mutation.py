@@ -142,7 +142,8 @@ def markdown_table(summary: dict[str, dict]) -> str:
             continue
         result = summary[module]
         stats = result["stats"]
-        share = result["killed_share"]
+        tested = int(stats["total"]) - int(stats.get("skipped", 0)) - int(stats.get("not_checked", 0))
+        share = _killed(result) / tested if tested else None
         rows.append(
             f"| `{module}` | {stats['total']} | {_killed(result)} | {len(result['survivors'])} | "
             f"{'n/a' if share is None else f'{100 * share:.1f}%'} |"
