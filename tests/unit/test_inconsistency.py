@@ -287,3 +287,21 @@ def test_eps_bounds_the_probabilities():
     # With eps = 0.1 the branches say 0.9 and 0.1: I = H(0.5) - H(0.1) = 1 - 0.469.
     bounded = prediction_inconsistency(one, zero, eps=0.1).item()
     assert bounded == pytest.approx(1 - entropy_bits(0.1), abs=1e-4)
+
+
+def test_heatmap_reduces_the_anchors_of_a_cell_and_blends_between_cells():
+    output = _agreeing_output("detection")
+    rows, cols = output.attention[0].inter.shape[-2:]
+    per_cell = output.visible.cls_logits[0].shape[1] // (rows * cols)
+    row, col = 2, 3
+    anchor = (row * cols + col) * per_cell + per_cell - 1  # the cell's last default box
+    output.visible.cls_logits[0][0, anchor] = torch.tensor([-20.0, -20.0, 20.0])
+    output.thermal.cls_logits[0][0, anchor] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)[0]
+    peak = int(heat.argmax())
+    y, x = divmod(peak, heat.shape[1])
+    cell_h, cell_w = 64 / rows, 80 / cols
+    assert row * cell_h <= y < (row + 1) * cell_h and col * cell_w <= x < (col + 1) * cell_w
+    # Bilinear: values between the cell's and its neighbours' (none for a nearest-neighbour picture).
+    levels = len(output.anchors)
+    assert ((heat > 0.01 / levels) & (heat < 0.99 / levels)).any()
