@@ -41,6 +41,7 @@ BENCHES = (
     Bench("push", "bench_push.py", "push", needs_studio=True, takes_device=False),
     Bench("training", "bench_training.py", "training"),
     Bench("workers", "bench_workers.py", "workers", needs_studio=True),
+    Bench("fast-paths", "bench_fast_paths.py", "fast_paths", takes_device=False),
 )
 NAMES = tuple(b.name for b in BENCHES)
 START, END = "<!-- perf-results:start -->", "<!-- perf-results:end -->"
@@ -348,6 +349,26 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "n/a",
             )
         )
+    fast = results.get("fast_paths")
+    if fast:
+        for route in ("setup", "webhook"):
+            rows.append(
+                (
+                    f"`/{route}` answer (route alone, Flask test client)",
+                    f"p50 {fast[route]['p50_ms']} ms, p99 {fast[route]['p99_ms']} ms",
+                    f"< {fast['target_s'] * 1000:.0f} ms",
+                    _yes(fast[route]["p99_ms"] < fast["target_s"] * 1000),
+                )
+            )
+        for size, g in fast["generation"].items():
+            rows.append(
+                (
+                    f"Synthetic pair generation at {size}",
+                    f"{g['ms_per_pair']} ms per pair",
+                    f"< {g['target_ms']:g} ms",
+                    _yes(g["ms_per_pair"] < g["target_ms"]),
+                )
+            )
     return rows
 
 

@@ -11,6 +11,7 @@ import threading
 import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,13 +19,14 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from ls_backend.convert import class_names_from_schema, prediction_payload
+from ls_backend.convert import class_names_from_schema, latest_annotation, prediction_payload
 from ls_backend.images import FetchError, ImageFetcher
-from ls_backend.jobs import JobContext
+from ls_backend.jobs import JobContext, JobError
 from ls_backend.label_config import ProjectSchema, schema_from_config
-from ls_backend.queues import JobRunner, TrainingRequest
+from ls_backend.queues import JobRunner, QueueUnavailable, TrainingRequest
 from ls_backend.registry import ProjectInfo, VersionInfo
 from ls_backend.settings import Settings
+from ls_backend.studio import StudioError
 from ls_backend.url_policy import origin
 from model.inference import Predictor
 
@@ -107,6 +109,8 @@ class RGBTBackend:
         self.runner = self.context.runner
         self._initial: OrderedDict[str, Predictor] = OrderedDict()
         self._lock = threading.Lock()
+        #: Projects whose webhooks this process refused (queue down) since it last reconciled them.
+        self._missed_webhooks: set[str] = set()
 
     @property
     def registry(self):
@@ -363,7 +367,49 @@ class RGBTBackend:
             )
         annotations = data.get("annotation") if event != "ANNOTATIONS_DELETED" else data.get("annotations")
         events = len(annotations) if isinstance(annotations, list) and annotations else 1
-        request: TrainingRequest = self.runner.request_training(
-            project, force=event == START_TRAINING, events=events
-        )
+        try:
+            request: TrainingRequest = self.runner.request_training(
+                project, force=event == START_TRAINING, events=events
+            )
+        except QueueUnavailable:
+            with self._lock:
+                self._missed_webhooks.add(project)
+            raise
+        if project in self._missed_webhooks:
+            request = self._reconcile(project, request)
         return {"action": event, "project": project, **request.to_json()}
+
+    def _reconcile(self, project: str, request: TrainingRequest) -> TrainingRequest:
+        """After this process refused webhooks (503: the queue was down; Label Studio does not retry them),
+        count with Label Studio the tasks annotated since the current version was trained, and bring the
+        project's counter up to that, so the lost events still start their training round."""
+        if request.status != "counted":  # a round is pending: it trains on every labelled task
+            with self._lock:
+                self._missed_webhooks.discard(project)
+            return request
+        version = self.registry.current_version(project)
+        since = _parse_time(self.registry.info(project, version).created_at) if version else None
+        try:
+            tasks = self.context.studio(project).iter_tasks(int(project), labeled=True)
+            changed = 0
+            for task in tasks:
+                annotation = latest_annotation(task)
+                stamp = (annotation or {}).get("updated_at") or (annotation or {}).get("created_at")
+                if annotation is not None and (since is None or not stamp or _parse_time(stamp) > since):
+                    changed += 1
+        except (JobError, StudioError, ValueError) as error:  # Label Studio unreachable: try next time
+            log.warning("project %s: cannot count annotations to reconcile lost webhooks: %s", project, error)
+            return request
+        with self._lock:
+            self._missed_webhooks.discard(project)
+        missing = changed - request.new_annotations
+        log.info("project %s: %d annotations since the last version, %d counted", project, changed, missing)
+        if missing <= 0:
+            return request
+        return self.runner.request_training(project, force=False, events=missing)
+
+
+def _parse_time(stamp: str) -> datetime:
+    """An ISO 8601 time (Label Studio's, with a ``Z``) as an aware datetime (naive ones taken as UTC)."""
+    parsed = datetime.fromisoformat(stamp)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

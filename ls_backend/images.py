@@ -1,6 +1,6 @@
 """The backend's one image fetcher: task image URLs -> bytes -> decoded RGB / thermal arrays.
 
-Where an image may come from (DESIGN.md section 5: no SSRF, no path traversal):
+Where an image may come from (docs/architecture.md, section 4: no SSRF, no path traversal):
 
 * Label Studio URLs: relative ones (``/data/upload/...``, ``/data/local-files/?d=...``,
   ``/tasks/<id>/presign/?fileuri=...``) and absolute ones on Label Studio's own host. The

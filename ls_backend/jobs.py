@@ -74,7 +74,10 @@ class JobContext:
     runner: JobRunner = None  # type: ignore[assignment]  # filled in by __post_init__
     registry: ModelRegistry = field(init=False)
     _studios: dict[tuple[str, str], StudioClient] = field(default_factory=dict, init=False)
-    _predictors: OrderedDict[tuple[str, str], Predictor] = field(default_factory=OrderedDict, init=False)
+    #: project -> version -> loaded model, both least recently used first.
+    _predictors: OrderedDict[str, OrderedDict[str, Predictor]] = field(
+        default_factory=OrderedDict, init=False
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
@@ -169,19 +172,26 @@ class JobContext:
         return region_policy(self.settings, info)
 
     def predictor(self, project: str, version: str) -> Predictor:
-        """A loaded version, cached (two at most: the current one and the one replacing it)."""
-        key = (project, version)
+        """A loaded version, cached per project: two versions each (the current one and the one replacing
+        it), for the PREDICTOR_CACHE_PROJECTS most recently used projects."""
         with self._lock:
-            if key in self._predictors:
-                self._predictors.move_to_end(key)
-                return self._predictors[key]
+            versions = self._predictors.get(project)
+            if versions is not None and version in versions:
+                self._predictors.move_to_end(project)
+                versions.move_to_end(version)
+                return versions[version]
         model, info = self.registry.load(project, version)
         export = export_path(self.registry.checkpoint_path(project, version))
         engine = make_engine(self.settings.inference_engine, model, export)
         predictor = self.make_predictor(model, self.policy(info).lowest_threshold, engine)
         with self._lock:
-            self._predictors[key] = predictor
-            while len(self._predictors) > 2:
+            versions = self._predictors.setdefault(project, OrderedDict())
+            versions[version] = predictor
+            versions.move_to_end(version)
+            self._predictors.move_to_end(project)
+            while len(versions) > 2:
+                versions.popitem(last=False)
+            while len(self._predictors) > self.settings.predictor_cache_projects:
                 self._predictors.popitem(last=False)
         return predictor
 

@@ -257,6 +257,12 @@ class Settings:
         "`onnx` extra: each version is exported to ONNX when it is published; a missing or bad export falls "
         "back to torch with a warning).",
     )
+    predictor_cache_projects: int = _setting(
+        "PREDICTOR_CACHE_PROJECTS",
+        4,
+        "Projects whose models a process keeps loaded (two versions each: the current one and the one "
+        "replacing it); the least recently used project's are dropped beyond that.",
+    )
     # --- Training
     train_every_n_annotations: int = _setting(
         "TRAIN_EVERY_N_ANNOTATIONS",
@@ -334,6 +340,7 @@ class Settings:
             "max_label_config_bytes",
             "max_classes",
             "max_regions_per_task",
+            "predictor_cache_projects",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")

@@ -1,7 +1,10 @@
-"""The reliability figures file shared by the fault and fuzz tests: ``benchmarks/results/reliability.json``.
+"""The reliability figures file shared by the fault and fuzz tests.
 
-Each test owns one top-level key and merges it in (read-modify-write under a lock file, replaced atomically),
-so tests of different files and sessions never drop each other's figures.
+A plain test run writes the figures to a temporary file (``results_path()``), never to a tracked one:
+``make reliability`` runs those tests with ``RGBT_RELIABILITY_RESULTS`` pointing at
+``benchmarks/results/reliability.json``, the committed figures. Each test owns one top-level key and merges
+it in (read-modify-write under a lock file, replaced atomically), so tests of different files and sessions
+never drop each other's figures.
 """
 
 from __future__ import annotations
@@ -16,12 +19,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "reliability.json"
+#: Where the figures go: the committed file only when asked for (make reliability).
+RESULTS_ENV = "RGBT_RELIABILITY_RESULTS"
 
 
-def merge_results(key: str, value: Any, path: Path = RESULTS) -> None:
-    """Set ``key`` of the results file to ``value`` (with a ``recorded_at`` stamp when it is a dict)."""
+def results_path() -> Path:
+    """``$RGBT_RELIABILITY_RESULTS``, else a file of this user's in the temporary directory."""
+    explicit = os.environ.get(RESULTS_ENV, "").strip()
+    if explicit:
+        return Path(explicit)
+    return Path(tempfile.gettempdir()) / f"rgbt-al-reliability-{os.getuid()}.json"
+
+
+def merge_results(key: str, value: Any, path: Path | None = None) -> None:
+    """Set ``key`` of the results file (default ``results_path()``) to ``value`` (with a ``recorded_at``
+    stamp when it is a dict)."""
+    path = results_path() if path is None else path
     if isinstance(value, dict):
         value = {**value, "recorded_at": datetime.now(UTC).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from model.data.readers import ListedReader, read_list, require, resolve_split, voc_pair_record
+from model.data.layouts import ListedReader, read_list, require, resolve_split, voc_pair_record
 from model.data.sample import PairRecord
 
 LAYOUT = """  root/JPEGImages/FLIR_XXXXX_RGB.jpg

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data.readers import ListedReader, clip_boxes, read_aligned_pair, read_list, require, resolve_split
+from model.data.layouts import ListedReader, clip_boxes, read_aligned_pair, read_list, require, resolve_split
 from model.data.sample import PairRecord
 
 LAYOUT = """  root/images/setXX/VYYY/{visible,lwir}/IZZZZZ.jpg

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from model.data.io import decode_image, to_rgb, to_thermal
-from model.data.readers import ListedReader, read_bytes, read_list, require, resolve_split
+from model.data.layouts import ListedReader, read_bytes, read_list, require, resolve_split
 from model.data.sample import IGNORE_INDEX, PairRecord
 
 LAYOUT = """  root/images/NAME.png  (RGB + thermal as a 4th channel)

@@ -1,8 +1,8 @@
 """Synthetic aligned RGB + thermal street scenes, deterministic by seed.
 
-Why it is shaped this way (DESIGN.md section 6): active learning pays off where the pool is mostly easy,
-redundant pairs with a minority of informative ones. Most pairs are clear days where both sensors see every
-object; a minority are conditions where one sensor fails:
+Why it is shaped this way (docs/architecture.md, section 4): active learning pays off where the pool is
+mostly easy, redundant pairs with a minority of informative ones. Most pairs are clear days where both
+sensors see every object; a minority are conditions where one sensor fails:
 
 - ``night``: RGB dark, low-contrast and noisy (objects fade; running cars show only their headlights),
   thermal clear - and parked cars and bicycles, radiating to the cold sky, look *colder* than the ground;

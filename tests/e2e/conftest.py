@@ -30,6 +30,7 @@ from ls_backend.studio_server import (
     ensure_label_studio,
     free_port,
 )
+from tests.services import redis_url
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -76,8 +77,8 @@ def personal_access_token(label_studio: LabelStudioServer) -> str:
 
 
 # ------------------------------------------------------------------------------------------ stacks
-#: The shared Redis of these machines; every test gets a queue (and key prefix) of its own.
-SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The session's Redis (tests/services.py); every test gets a queue (and key prefix) of its own.
+SHARED_REDIS_URL = redis_url()
 
 
 @dataclass(frozen=True)

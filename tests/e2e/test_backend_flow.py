@@ -28,19 +28,20 @@ from ls_backend.studio import StudioClient
 from ls_backend.studio_server import free_port
 from model.data.io import load_rgb, load_thermal
 from model.inference import Predictor
+from tests.services import redis_url
 
 pytestmark = pytest.mark.e2e
 
 PAIRS = 20
 ANNOTATED = 6
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = redis_url()
 
 
 @pytest.fixture
 def backend_stack(label_studio, tmp_path: Path):
     """`rgbt-al serve` (gunicorn) + one `rgbt-al worker` on the real Redis, with a queue of their own."""
     if not redis.Redis.from_url(REDIS_URL).ping():  # pragma: no cover - Redis runs on these machines
-        pytest.fail("Redis at 127.0.0.1:6379 does not answer")
+        pytest.fail(f"Redis at {REDIS_URL} does not answer")
     model_dir = tmp_path / "models"
     env = child_env(
         {

@@ -3,8 +3,9 @@ restarted under a running backend and worker, Label Studio going away during a p
 
 Processes are real (`rgbt-al serve` under gunicorn, `rgbt-al worker`, `redis-server`, Label Studio); the
 only things in between are two proxies of this file, real TCP and HTTP servers that forward to Label Studio
-and can refuse or drop connections on cue. Figures go to ``benchmarks/results/reliability.json``
-("worker_sigkill", "redis_restart", "studio_down_push").
+and can refuse or drop connections on cue. Figures ("worker_sigkill", "redis_restart", "studio_down_push")
+go to the reliability figures (``tests/reliability.py``: a temporary file, or
+``benchmarks/results/reliability.json`` with ``make reliability``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import requests
 from rq.registry import FailedJobRegistry
 
 from ls_backend.admin import wait_for
+from ls_backend.app import create_app
+from ls_backend.backend import RGBTBackend
 from ls_backend.jobs import JobContext
 from ls_backend.processes import BackendServer, RedisServer, Worker, child_env
 from ls_backend.queues import JobState, RQRunner
@@ -50,6 +53,24 @@ def files_of(directory: Path) -> dict[str, str]:
         for path in sorted(directory.rglob("*"))
         if path.is_file()
     }
+
+
+def private_redis_stack(
+    label_studio: LabelStudioServer, tmp_path: Path, **overrides: str
+) -> tuple[RedisServer, dict[str, str]]:
+    """A private, non-persistent Redis (not started yet) and the stack settings of a backend on it that
+    trains every 3 annotations."""
+    redis = RedisServer(free_port(), log_path=tmp_path / "redis" / "redis.log")
+    values = stack_settings(
+        label_studio.url,
+        label_studio.token,
+        tmp_path / "models",
+        redis_url=redis.url,
+        queue="rgbt-al",
+        TRAIN_EVERY_N_ANNOTATIONS="3",
+        **overrides,
+    )
+    return redis, values
 
 
 def job_in(runner: RQRunner, job_id: str, status: str, *alive: Worker | BackendServer) -> JobState | None:
@@ -190,16 +211,7 @@ def test_redis_restart_keeps_predict_answering_and_the_next_event_enqueues(
     Redis comes back empty on the same port: the next event enqueues training again and the same worker,
     still running, trains and publishes a version that `/predict` then serves."""
     project = labelled_project("fault redis restart", pairs=8, annotated=4)
-    redis = RedisServer(free_port(), log_path=tmp_path / "redis" / "redis.log")
-    values = stack_settings(
-        label_studio.url,
-        label_studio.token,
-        tmp_path / "models",
-        redis_url=redis.url,
-        queue="rgbt-al",
-        TRAIN_EVERY_N_ANNOTATIONS="3",
-        HOLDOUT_FRACTION="0.0",
-    )
+    redis, values = private_redis_stack(label_studio, tmp_path, HOLDOUT_FRACTION="0.0")
     backend = BackendServer(free_port(), env=child_env(values), log_path=tmp_path / "backend.log", threads=4)
     worker = Worker(env=child_env(values), log_path=tmp_path / "worker.log")
     with StudioClient(label_studio.url, label_studio.token) as client:
@@ -288,6 +300,55 @@ def test_redis_restart_keeps_predict_answering_and_the_next_event_enqueues(
             "redis": "private redis-server, no persistence, SIGKILL then restart on the same port",
         },
     )
+
+
+def test_webhooks_refused_while_redis_was_down_still_start_a_round(
+    label_studio: LabelStudioServer,
+    labelled_project: Callable[..., LabelledProject],
+    tmp_path: Path,
+) -> None:
+    """Label Studio does not retry a webhook the backend refused with 503 (Redis down). When Redis is back
+    (empty: a private, non-persistent one), the next event makes the backend count with Label Studio the
+    tasks annotated since the project's current version: enough of them start the round the lost events
+    would have started; annotations older than the current version do not."""
+    lost = labelled_project("lost webhooks", pairs=6, annotated=4)  # four annotations, no version yet
+    trained = labelled_project("trained since", pairs=6, annotated=4)
+    redis, values = private_redis_stack(label_studio, tmp_path)
+    settings = Settings.from_env(values)
+
+    def event(project: LabelledProject, task: int) -> dict[str, Any]:
+        return {
+            "action": "ANNOTATION_CREATED",
+            "annotation": {"id": task, "result": []},
+            "task": {"id": task},
+            "project": {"id": project.id, "label_config": project.label_config},
+        }
+
+    with redis:
+        redis.wait_ready()
+        runner = RQRunner(settings)
+        backend = RGBTBackend(settings, runner=runner)
+        client = create_app(settings, backend).test_client()
+        # The second project's annotations all predate its current version.
+        backend.registry.publish(trained.key, JobContext(settings).initial_model(trained.schema))
+        redis.kill(signal.SIGKILL)
+        assert redis.process is not None and redis.process.wait(30) == -signal.SIGKILL
+        for project in (lost, trained):
+            for task in project.annotated[:3]:
+                answer = client.post("/webhook", json=event(project, task))
+                assert answer.status_code == 503, answer.get_json()
+        redis.restart()
+        answer = client.post("/webhook", json=event(lost, lost.annotated[3]))
+        assert answer.status_code == 200, answer.get_json()
+        assert answer.get_json()["status"] == "enqueued", answer.get_json()
+        state = runner.job(answer.get_json()["job_id"])
+        assert state is not None and state.description == f"train project {lost.id}"
+        answer = client.post("/webhook", json=event(trained, trained.annotated[3]))
+        assert answer.status_code == 200 and answer.get_json()["status"] == "counted", answer.get_json()
+        assert answer.get_json()["new_annotations"] == 1
+        # Reconciled once: later events of the first project join the pending round as usual.
+        answer = client.post("/webhook", json=event(lost, lost.annotated[0]))
+        assert answer.get_json()["status"] == "coalesced"
 
 
 # ------------------------------------------------------------------------------------------ proxies

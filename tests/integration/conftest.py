@@ -1,4 +1,4 @@
-"""Fixtures for tests against the real Redis at 127.0.0.1:6379 and real RQ worker processes."""
+"""Fixtures for tests against a real Redis (the session's, tests/services.py) and real RQ worker processes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from redis import Redis
 
 from ls_backend.settings import Settings
+from tests.services import redis_url
 
-REDIS_URL = os.environ.get("RGBT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = redis_url()
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -2,8 +2,9 @@
 ``/predict`` load, and a worker killed (SIGKILL) in the middle of a job.
 
 The backend is `rgbt-al serve` (gunicorn) on the real Redis with a queue of its own; workers are real
-`rgbt-al worker` processes. Figures go to ``benchmarks/results/reliability.json`` ("webhook_storm",
-"model_swap", "worker_sigkill_failed").
+`rgbt-al worker` processes. Figures ("webhook_storm", "model_swap", "worker_sigkill_failed") go to the
+reliability figures (``tests/reliability.py``: a temporary file, or ``benchmarks/results/reliability.json``
+with ``make reliability``).
 """
 
 from __future__ import annotations

@@ -20,8 +20,15 @@ def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_parallel_parts_are_merged_into_one_report(tmp_path):
-    done = _run("--parallel", "--out", str(tmp_path))
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One parallel smoke run (segmentation, CPU): its output folder and the finished process."""
+    out = tmp_path_factory.mktemp("al-smoke")
+    return out, _run("--parallel", "--out", str(out))
+
+
+def test_parallel_parts_are_merged_into_one_report(smoke_run):
+    tmp_path, done = smoke_run
     assert done.returncode == 0, done.stdout + done.stderr
     assert "segmentation seed0: exit 0" in done.stdout and "segmentation full: exit 0" in done.stdout
     folder = tmp_path / "segmentation"
@@ -52,7 +59,7 @@ def test_smoke_preset_needs_an_output_folder():
 
 
 @pytest.mark.parametrize("preset", ["cpu", "paper"])
-def test_readme_section_lists_each_preset_that_has_results(preset, monkeypatch, tmp_path):
+def test_readme_section_lists_each_preset_that_has_results(preset, smoke_run, monkeypatch, tmp_path):
     sys.path.insert(0, str(SCRIPT.parent))
     try:
         import al_synthetic
@@ -61,9 +68,7 @@ def test_readme_section_lists_each_preset_that_has_results(preset, monkeypatch, 
     monkeypatch.setattr(al_synthetic, "RESULTS", tmp_path / "cpu")
     monkeypatch.setattr(al_synthetic, "PAPER_RESULTS", tmp_path / "paper")
     monkeypatch.setattr(al_synthetic, "ROOT", tmp_path)
-    source = ROOT / "benchmarks" / "results" / "al_synthetic_paper" / "nvidia-h200" / "segmentation"
-    if not (source / "results.json").exists():
-        pytest.skip("no committed paper-size results")
+    source = smoke_run[0] / "segmentation"  # results this session made, not a committed file
     target = (tmp_path / "cpu" if preset == "cpu" else tmp_path / "paper" / "some-gpu") / "segmentation"
     target.mkdir(parents=True)
     (target / "results.json").write_text((source / "results.json").read_text())

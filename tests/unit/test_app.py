@@ -9,7 +9,6 @@ Studio", which the tests assert on.
 from __future__ import annotations
 
 import base64
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ls_backend.app import create_app
 from ls_backend.backend import INITIAL_VERSION, RGBTBackend
 from ls_backend.queues import RQRunner
 from model.data.io import load_rgb, load_thermal
+from tests.services import redis_url
 from tests.unit.app_support import (
     CLASSES,
     DETECTION_CONFIG,
@@ -41,7 +41,7 @@ from tests.unit.app_support import (
     write_pair,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = redis_url()
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -79,11 +79,10 @@ def test_setup_answers_the_model_version_fast_without_loading_a_model(app: AppUn
         "access_token": "0123456789abcdef0123456789abcdef01234567",
         "extra_params": {},
     }
-    started = time.perf_counter()
+    # How fast it answers (Label Studio gives /setup 3 seconds) is measured by benchmarks/bench_fast_paths.py.
     response = app.client.post("/setup", json=body)
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"model_version": INITIAL_VERSION}
-    assert time.perf_counter() - started < 1.0  # Label Studio gives /setup 3 seconds
     # The way back to Label Studio is remembered for jobs.
     info = app.backend.registry.project(PROJECT_ID)
     assert info is not None and info.hostname == "http://localhost:8080"
@@ -93,11 +92,9 @@ def test_setup_answers_the_model_version_fast_without_loading_a_model(app: AppUn
     # that loaded the model would fail.
     version = publish_tiny(app.backend).version
     app.backend.registry.checkpoint_path(PROJECT_ID, version).write_bytes(b"not a checkpoint")
-    started = time.perf_counter()
     response = app.client.post("/setup", json=body)
     assert response.status_code == 200, response.get_json()
     assert response.get_json() == {"model_version": version}
-    assert time.perf_counter() - started < 1.0
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -259,9 +256,8 @@ def test_annotation_webhooks_count_then_enqueue_one_coalesced_training_job(app: 
             "ANNOTATIONS_DELETED",
             "ANNOTATION_CREATED",
         ):
-            started = time.perf_counter()
+            # The runner is held: answering proves training runs elsewhere (latency: bench_fast_paths.py).
             response = app.client.post("/webhook", json=webhook(action))
-            assert time.perf_counter() - started < 1.0, "webhooks answer at once; training runs elsewhere"
             assert response.status_code == 200, response.get_json()
             answers.append(response.get_json())
         assert [a["status"] for a in answers] == ["counted", "counted", "enqueued", "coalesced"]

@@ -1,4 +1,4 @@
-"""Every bad input gets a 4xx JSON error with a message, never a 5xx (DESIGN.md section 5).
+"""Every bad input gets a 4xx JSON error with a message, never a 5xx (docs/architecture.md, section 4).
 
 Real app (Flask test client), real files under the local-files root, real HTTP servers on 127.0.0.1, tiny
 published models. Decisions these tests pin down:

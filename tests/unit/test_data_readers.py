@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,10 @@ def test_open_dataset_synthetic_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "synthetic.json").write_text(json.dumps({"format": "coco"}))
     with pytest.raises(ValueError, match="'coco'"):
         open_dataset(tmp_path, "synthetic", "train")
+
+
+@pytest.mark.parametrize("module", ["kaist", "flir", "llvip", "mfnet"])
+def test_a_reader_does_not_import_the_registry(module: str) -> None:
+    """The registry imports the readers, never the other way round (no import cycle)."""
+    code = f"import sys, model.data.{module}; sys.exit('model.data.readers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

@@ -1,4 +1,3 @@
-import time
 
 import cv2
 import numpy as np
@@ -199,23 +198,6 @@ def test_glare_adds_false_blobs_in_each_modality():
 def test_dusk_is_between_day_and_night_in_rgb():
     day, dusk, night = (_mean_contrast(c, "rgb") for c in ("clear_day", "dusk", "night"))
     assert night < dusk < day
-
-
-def test_generation_is_fast():
-    small = SyntheticRGBT(60, seed=0, image_size=(64, 80))
-    large = SyntheticRGBT(6, seed=0, image_size=(512, 640))
-    small[0], large[0]  # warm-up
-    start = time.perf_counter()
-    for i in range(1, 60):
-        small[i]
-    per_small = (time.perf_counter() - start) / 59
-    start = time.perf_counter()
-    for i in range(1, 6):
-        large[i]
-    per_large = (time.perf_counter() - start) / 5
-    # Budgets of the design (10 ms, ~100 ms), doubled for loaded CI machines.
-    assert per_small < 0.02, per_small
-    assert per_large < 0.2, per_large
 
 
 def _signed_contrast(condition: str, label: int, n: int = 16) -> float:

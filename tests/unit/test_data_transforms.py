@@ -81,16 +81,38 @@ def test_expand_fills_mask_with_ignore():
 
 
 def test_crop_keeps_alignment_or_drops_box_with_its_metadata():
-    kept = dropped = 0
+    kept = 0
     for seed in range(40):
         out = RandomCrop(p=1.0)(marked_pair(), np.random.default_rng(seed))
-        assert len(out.boxes) == len(out.labels) == len(out.ignore) == len(out.meta["occlusion"])
-        if len(out.boxes):
+        # A lone box is never cropped away: a window must keep at least one box centre.
+        assert len(out.boxes) == len(out.labels) == len(out.ignore) == len(out.meta["occlusion"]) == 1
+        if out.size != (60, 80):
             kept += 1
-            assert_aligned(out)
-        else:
-            dropped += 1
+        assert_aligned(out)
     assert kept > 0
+
+    # Two boxes apart: a window that leaves a box's centre out drops that box (however much of it shows)
+    # with its label, flag and meta; a box kept has its centre inside, so at least half of each side.
+    pair = marked_pair().replace(
+        boxes=np.array([[2, 2, 30, 30], [44, 26, 78, 58]], np.float32),
+        labels=np.array([1, 2]),
+        ignore=np.array([False, True]),
+        meta={"occlusion": np.array([0, 2]), "scene": "night"},
+    )
+    dropped = 0
+    for seed in range(60):
+        out = RandomCrop(p=1.0)(pair, np.random.default_rng(seed))
+        assert len(out.boxes) == len(out.labels) == len(out.ignore) == len(out.meta["occlusion"])
+        assert out.meta["scene"] == "night"
+        dropped += len(out.boxes) == 1
+        for box, label, ignore, occlusion in zip(
+            out.boxes, out.labels, out.ignore, out.meta["occlusion"], strict=True
+        ):
+            original = int(label) - 1
+            assert ignore == pair.ignore[original] and occlusion == pair.meta["occlusion"][original]
+            side = pair.boxes[original, 2:] - pair.boxes[original, :2]
+            assert (box[2:] - box[:2] >= side / 2 - 1).all(), (seed, box, pair.boxes[original])
+    assert dropped > 0
 
 
 def test_degenerate_boxes_dropped_on_resize():

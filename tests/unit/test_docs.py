@@ -4,8 +4,8 @@
 * docker/docker-compose.yml parses; every variable it gives the backend and worker containers, and every
   variable of docker/.env.example, is a setting of ``ls_backend.settings`` or a Label Studio / Compose
   variable listed below.
-* docker/Dockerfile has the ``gpu`` and ``cpu`` targets, runs as a non-root user, checks ``/health``, and its
-  entry point and commands exist (run here, outside Docker).
+* docker/Dockerfile builds on either torch build (``TORCH_BUILD`` gpu or cpu), runs as a non-root user, checks
+  ``/health``, and its entry point and commands exist (run here, outside Docker).
 
 Docker is not needed: the files are parsed, and what they would run is run with this virtualenv.
 """
@@ -58,7 +58,13 @@ LABEL_STUDIO_VARIABLES = frozenset(
     }
 )
 #: Variables only Docker Compose reads (interpolation and profiles), never the backend.
-COMPOSE_VARIABLES = frozenset({"RGBT_TARGET", "COMPOSE_PROFILES", "LABEL_STUDIO_PORT", "BACKEND_PORT"})
+COMPOSE_VARIABLES = frozenset(
+    {"RGBT_TARGET", "COMPOSE_PROFILES", "LABEL_STUDIO_PORT", "BACKEND_PORT", "RQ_DASHBOARD_PORT"}
+)
+#: Variables of the optional rq-dashboard container.
+DASHBOARD_VARIABLES = frozenset({"RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"})
+#: The torch builds the Dockerfile's TORCH_BUILD picks from.
+TORCH_BUILDS = ("gpu", "cpu")
 #: Image environment that is not a backend setting: Python's, pip's and the virtualenv's.
 IMAGE_VARIABLES = frozenset(
     {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_DISABLE_PIP_VERSION_CHECK", "VIRTUAL_ENV", "PATH"}
@@ -77,15 +83,6 @@ def test_readme_configuration_table_is_generated_from_settings():
         "README.md's configuration reference is out of date: put the output of `rgbt-al config --markdown` "
         f"between `{TABLE_START.strip()}` and `{TABLE_END}`"
     )
-    assert "## Configuration reference" in README.read_text()
-
-
-def test_readme_has_the_admin_guide():
-    text = README.read_text()
-    assert "## Deploying (admins)" in text
-    needed = ("USE_DEFAULT_BANNED_SUBNETS=false", "--scale worker=", "--device cuda:", "label-studio-ml")
-    for phrase in needed:
-        assert phrase in text, phrase
 
 
 # ------------------------------------------------------------------------------------------ compose
@@ -104,7 +101,11 @@ def environment_of(service: dict[str, Any]) -> dict[str, str]:
 
 def backend_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The services built from this project's Dockerfile: the backend and its workers."""
-    return {name: s for name, s in compose["services"].items() if "build" in s}
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if isinstance(s.get("build"), dict) and s["build"].get("dockerfile") == "docker/Dockerfile"
+    }
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -129,9 +130,9 @@ def undocumented_variables(compose: dict[str, Any], env_example: dict[str, str])
             problems += [
                 f"{name}: {var}"
                 for var in environment_of(service)
-                if var not in LABEL_STUDIO_VARIABLES and var not in SETTINGS
+                if var not in LABEL_STUDIO_VARIABLES | DASHBOARD_VARIABLES and var not in SETTINGS
             ]
-    known = set(SETTINGS) | LABEL_STUDIO_VARIABLES | COMPOSE_VARIABLES
+    known = set(SETTINGS) | LABEL_STUDIO_VARIABLES | COMPOSE_VARIABLES | DASHBOARD_VARIABLES
     problems += [f"{ENV_EXAMPLE.name}: {var}" for var in env_example if var not in known]
     return problems
 
@@ -160,7 +161,8 @@ def test_every_interpolated_variable_is_in_env_example():
 def test_env_example_values_are_valid_settings():
     values = read_env_file(ENV_EXAMPLE)
     Settings.from_env({k: v for k, v in values.items() if k in SETTINGS})
-    assert values["RGBT_TARGET"] in ("gpu", "cpu") and values["COMPOSE_PROFILES"] == values["RGBT_TARGET"]
+    assert values["RGBT_TARGET"] in TORCH_BUILDS
+    assert values["RGBT_TARGET"] in values["COMPOSE_PROFILES"].split(",")
 
 
 def test_compose_services():
@@ -192,13 +194,19 @@ def test_compose_services():
         on_volumes = [m[1] for m in mounts if m[0] in named_volumes]
         assert on_volumes == [model_dir], f"{name}: MODEL_DIR must be on a named volume"
         assert environment_of(service)["REDIS_URL"].startswith("redis://redis:")
-        assert service["build"]["target"] in ("gpu", "cpu", "${RGBT_TARGET:-gpu}")
+        assert service["build"]["args"]["TORCH_BUILD"] in (*TORCH_BUILDS, "${RGBT_TARGET:-gpu}")
         # The command is a valid `rgbt-al` command line (the image's entry point is `rgbt-al`).
         args = build_parser().parse_args(service["command"])
         assert args.command == ("serve" if name == "backend" else "worker"), name
 
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in device["capabilities"] for device in devices)
+
+    # The optional queue dashboard: only with its profile, on this Redis, published on the loopback only.
+    dashboard = services["rq-dashboard"]
+    assert dashboard["profiles"] == ["dashboard"]
+    assert "redis://redis:6379/0" in dashboard["command"]
+    assert all(port.startswith("127.0.0.1:") for port in dashboard["ports"])
 
 
 # ------------------------------------------------------------------------------------------ Dockerfile
@@ -228,13 +236,19 @@ def dockerfile_instructions(text: str) -> Iterator[tuple[str, str]]:
     assert not logical, "Dockerfile ends inside a continued line"
 
 
-def parse_dockerfile(text: str) -> dict[str, Stage]:
+def parse_dockerfile(text: str, build_args: dict[str, str] | None = None) -> dict[str, Stage]:
+    """The stages, with ``${ARG}`` in FROM lines resolved from the global ARGs (defaults, then
+    ``build_args``) as ``docker build --build-arg`` would."""
     stages: dict[str, Stage] = {}
+    global_args: dict[str, str] = {}
     current: Stage | None = None
     for keyword, rest in dockerfile_instructions(text):
-        if keyword == "FROM":
+        if keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            global_args[name] = (build_args or {}).get(name, default)
+        elif keyword == "FROM":
             words = [w for w in rest.split() if not w.startswith("--")]
-            image = words[0]
+            image = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], words[0])
             name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else f"#{len(stages)}"
             current = stages[name] = Stage(name, image if image in stages else None)
         elif current is not None:
@@ -273,24 +287,28 @@ def healthcheck_code(stages: dict[str, Stage], target: str) -> str:
     return argv[2]
 
 
+#: The image's final stage; its parent chain depends on TORCH_BUILD.
+TARGET = "runtime"
+
+
 @pytest.fixture(scope="module")
-def stages() -> dict[str, Stage]:
-    return parse_dockerfile(DOCKERFILE.read_text())
+def builds() -> dict[str, dict[str, Stage]]:
+    """The Dockerfile's stages as each torch build resolves them."""
+    text = DOCKERFILE.read_text()
+    return {build: parse_dockerfile(text, {"TORCH_BUILD": build}) for build in TORCH_BUILDS}
 
 
-def test_dockerfile_targets_and_non_root_user(stages):
-    assert {"gpu", "cpu"} <= set(stages)
-    for target in ("gpu", "cpu"):
-        user = effective(stages, target, "USER")
-        assert user and user.split(":")[0] not in ("root", "0"), f"{target} runs as root"
-        assert any(
-            kw == "RUN" and "useradd" in rest and user.split(":")[0] in rest
-            for stage in stages.values()
-            for kw, rest in stage.instructions
-        ), f"{target}: user {user} is never created"
-    # Both targets run the same steps on their own torch build.
-    assert stages["gpu"].instructions == stages["cpu"].instructions
-    assert stages["gpu"].parent != stages["cpu"].parent
+def test_dockerfile_builds_and_non_root_user(builds):
+    torch_installs = []
+    for build, stages in builds.items():
+        user = effective(stages, TARGET, "USER")
+        assert user and user.split(":")[0] not in ("root", "0"), f"{build} runs as root"
+        runs = inherited(stages, TARGET, "RUN")
+        assert any("useradd" in rest and user.split(":")[0] in rest for rest in runs), f"{build}: no {user}"
+        torch_installs.append([rest for rest in inherited(stages, TARGET, "RUN") if "torch==" in rest])
+    # Each build installs torch once, its own way.
+    assert all(len(runs) == 1 for runs in torch_installs) and torch_installs[0] != torch_installs[1]
+    assert "download.pytorch.org/whl/cpu" in torch_installs[TORCH_BUILDS.index("cpu")][0]
 
 
 def test_dockerfile_torch_pair_matches_pyproject():
@@ -300,24 +318,23 @@ def test_dockerfile_torch_pair_matches_pyproject():
         version = re.search(rf"^ARG {arg}=(\S+)$", text, re.M)
         assert version, arg
         assert f"{package}=={version.group(1)}" in dependencies, f"{arg} differs from pyproject.toml"
-    assert "download.pytorch.org/whl/cpu" in text
 
 
-def test_dockerfile_environment_and_volume(stages):
-    for target in ("gpu", "cpu"):
-        env = " ".join(inherited(stages, target, "ENV"))
+def test_dockerfile_environment_and_volume(builds):
+    for build, stages in builds.items():
+        env = " ".join(inherited(stages, TARGET, "ENV"))
         names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", env)
         unknown = [n for n in names if n not in SETTINGS and n not in IMAGE_VARIABLES]
-        assert not unknown, f"ENV {unknown} are not settings"
+        assert not unknown, f"{build}: ENV {unknown} are not settings"
         model_dir = re.search(r"MODEL_DIR=(\S+)", env)
         assert model_dir, "the image sets MODEL_DIR"
-        assert json.loads(effective(stages, target, "VOLUME") or "[]") == [model_dir.group(1)]
+        assert json.loads(effective(stages, TARGET, "VOLUME") or "[]") == [model_dir.group(1)]
 
 
-def test_dockerfile_entrypoint_and_commands_run(stages):
-    for target in ("gpu", "cpu"):
-        assert json.loads(effective(stages, target, "ENTRYPOINT") or "null") == ["rgbt-al"]
-        assert json.loads(effective(stages, target, "CMD") or "null") == ["serve"]
+def test_dockerfile_entrypoint_and_commands_run(builds):
+    for stages in builds.values():
+        assert json.loads(effective(stages, TARGET, "ENTRYPOINT") or "null") == ["rgbt-al"]
+        assert json.loads(effective(stages, TARGET, "CMD") or "null") == ["serve"]
     for command in (["serve"], ["worker"]):
         result = subprocess.run(
             [rgbt_al_executable(), *command, "--help"], capture_output=True, text=True, timeout=120
@@ -344,9 +361,9 @@ def _run_healthcheck(code: str, port: int) -> int:
 
 
 @pytest.mark.parametrize("status", [200, 503])
-def test_healthcheck_one_liner_hits_health(stages, status):
-    code = healthcheck_code(stages, "gpu")
-    assert code == healthcheck_code(stages, "cpu")
+def test_healthcheck_one_liner_hits_health(builds, status):
+    code = healthcheck_code(builds["gpu"], TARGET)
+    assert code == healthcheck_code(builds["cpu"], TARGET)
     compile(code, "<HEALTHCHECK>", "exec")
     assert "/health" in code
     handler = type("Handler", (_Health,), {"status": status})
@@ -361,11 +378,11 @@ def test_healthcheck_one_liner_hits_health(stages, status):
     assert (returncode == 0) == (status == 200)
 
 
-def test_healthcheck_fails_without_a_server(stages):
+def test_healthcheck_fails_without_a_server(builds):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert _run_healthcheck(healthcheck_code(stages, "gpu"), port) != 0
+    assert _run_healthcheck(healthcheck_code(builds["gpu"], TARGET), port) != 0
 
 
 # ------------------------------------------------------------------------------------------ .dockerignore

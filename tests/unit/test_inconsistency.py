@@ -9,6 +9,7 @@ from model.config import NetConfig
 from model.inconsistency import (
     binary_entropy,
     flat_mean,
+    inconsistency_heatmap,
     inconsistency_maps,
     masked_scale_balanced_mean,
     object_masks,
@@ -163,3 +164,144 @@ def test_object_masks_follow_either_branchs_foreground():
     scores = masked_scale_balanced_mean(inconsistency_maps(output), masks)
     torch.testing.assert_close(scores, torch.tensor([1.0]), atol=1e-4, rtol=0)
     assert pair_scores(output) < scores  # the paper's mean includes the agreeing background anchor
+
+
+def _agreeing_output(task: str) -> NetOutput:
+    """A real forward pass whose thermal branch is made to say exactly what the visible one says (I = 0)."""
+    torch.manual_seed(0)
+    config = NetConfig(task=task, class_names=("person", "car"), width=0.125, image_size=(64, 80))
+    with torch.no_grad():
+        output = ThreeBranchNet(config).eval()(torch.rand(2, 3, 64, 80), torch.rand(2, 1, 64, 80))
+    output.thermal = BranchOutput(
+        cls_logits=[t.clone() for t in output.visible.cls_logits],
+        bbox_regression=output.visible.bbox_regression,
+    )
+    return output
+
+
+def test_heatmap_puts_a_disagreement_where_its_cell_is():
+    output = _agreeing_output("detection")
+    assert inconsistency_heatmap(output).abs().max() < 1e-5
+    # One anchor of the finest level, in its top-left cell, of the second image: visible says "car" for
+    # sure, thermal says background for sure.
+    level = 0
+    rows, cols = output.attention[level].inter.shape[-2:]
+    per_cell = output.visible.cls_logits[level].shape[1] // (rows * cols)
+    output.visible.cls_logits[level][1, 0] = torch.tensor([-20.0, -20.0, 20.0])
+    output.thermal.cls_logits[level][1, 0] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)
+    assert heat.shape == (2, 64, 80) and per_cell >= 1 and rows * cols >= 16
+    assert heat[0].abs().max() < 1e-5  # the other image is untouched
+    levels = len(output.anchors)
+    # The cell's disagreement (I = 1), upsampled, averaged with the other levels' zeros: 1 / levels at the
+    # top-left corner, fading to 0 away from that cell.
+    assert heat[1, 0, 0].item() == pytest.approx(1 / levels, abs=1e-3)
+    assert heat[1, -1, -1].item() == pytest.approx(0.0, abs=1e-5)
+    assert heat[1].max().item() == pytest.approx(1 / levels, abs=1e-3)
+
+
+def test_segmentation_heatmap_is_the_pixel_map():
+    output = _agreeing_output("segmentation")
+    output.visible.cls_logits[0][0, :, 5, 7] = torch.tensor([-20.0, 20.0, -20.0])
+    output.thermal.cls_logits[0][0, :, 5, 7] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)
+    torch.testing.assert_close(heat, inconsistency_maps(output)[0])
+    assert heat.shape[0] == 2 and heat[0, 5, 7].item() == pytest.approx(1.0, abs=1e-4)
+    assert (heat[0] > 0.5).sum() == 1 and heat[1].abs().max() < 1e-5
+    assert inconsistency_heatmap(output, reduction="mean")[0, 5, 7].item() < heat[0, 5, 7].item()
+
+
+@pytest.mark.parametrize("reduce", [scale_balanced_mean, flat_mean])
+def test_no_level_is_refused(reduce):
+    with pytest.raises(ValueError, match=r"^at least one level is needed$"):
+        reduce([])
+
+
+def test_masked_mean_refuses_no_level_and_masks_that_do_not_match():
+    with pytest.raises(ValueError, match=r"^at least one level is needed$"):
+        masked_scale_balanced_mean([], [])
+    two_levels, one_mask = [torch.zeros(1, 2), torch.zeros(1, 1)], [torch.ones(1, 2, dtype=torch.bool)]
+    with pytest.raises(ValueError):
+        masked_scale_balanced_mean(two_levels, one_mask)
+
+
+def test_masked_mean_averages_the_levels_each_pair_has():
+    levels = [torch.tensor([[0.2, 0.4], [0.6, 0.8]]), torch.tensor([[1.0], [0.5]])]
+    masks = [torch.tensor([[True, True], [True, False]]), torch.tensor([[True], [False]])]
+    # Pair 0: levels 0.3 and 1.0 -> 0.65. Pair 1: only its first level has a masked prediction -> 0.6.
+    torch.testing.assert_close(masked_scale_balanced_mean(levels, masks), torch.tensor([0.65, 0.6]))
+
+
+def test_object_masks_threshold_is_inclusive_and_levels_must_match():
+    output = _agreeing_output("detection")
+    # Two anchors: background 0.5 (foreground exactly at the threshold) and 0.75 (below it).
+    visible = torch.tensor([[[0.5, 0.25, 0.25], [0.75, 0.125, 0.125]]])
+    thermal = torch.tensor([[[0.75, 0.125, 0.125], [0.75, 0.25, 0.0]]])
+    (mask,) = object_masks(output, 0.5, probabilities=([visible], [thermal]))
+    assert mask.tolist() == [[True, False]]
+    with pytest.raises(ValueError):
+        object_masks(output, 0.5, probabilities=([visible, visible], [thermal]))
+
+
+def test_pair_scores_pass_the_class_reduction_on_and_refuse_unknown_aggregations():
+    output = _agreeing_output("detection")
+    # One anchor where the branches disagree on class 1 only: max over classes 1, mean over the 2 classes 1/2.
+    output.visible.cls_logits[0][0, 0] = torch.tensor([-20.0, 20.0, -20.0])
+    output.thermal.cls_logits[0][0, 0] = torch.tensor([20.0, -20.0, -20.0])
+    by_max = pair_scores(output, reduction="max")
+    by_mean = pair_scores(output, reduction="mean")
+    assert by_max[0] > 0 and by_mean[0] < by_max[0]
+    torch.testing.assert_close(pair_scores(output), by_max)  # max is the default
+    with pytest.raises(ValueError, match=r"^aggregation must be 'scale_balanced' or 'flat', got 'median'$"):
+        pair_scores(output, aggregation="median")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("background", [0, 1, 2, 3, -1, None])
+def test_the_background_class_left_out_is_the_one_named(background):
+    """Four classes, one pair of predictions; the reduction must ignore exactly the class given."""
+    p_v = torch.tensor([[0.7, 0.1, 0.1, 0.1]])
+    p_t = torch.tensor([[0.1, 0.6, 0.2, 0.1]])
+    per_class = prediction_inconsistency(p_v, p_t)  # elementwise, every class
+    kept = [c for c in range(4) if background is None or c != background % 4]
+    expected = per_class[:, kept]
+    for reduction, reduce in (("max", expected.amax), ("mean", expected.mean)):
+        got = prediction_inconsistency(
+            p_v, p_t, class_dim=1, reduction=reduction, background_index=background
+        )
+        torch.testing.assert_close(got, reduce(dim=1))
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match=r"^shapes differ: \(2,\) vs \(3,\)$"):
+        prediction_inconsistency(torch.zeros(2), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"^no foreground class left after dropping the background$"):
+        prediction_inconsistency(torch.ones(2, 1), torch.ones(2, 1), class_dim=1)
+    with pytest.raises(ValueError, match=r"^reduction must be 'max' or 'mean', got 'median'$"):
+        uniform = torch.ones(2, 3) / 3
+        prediction_inconsistency(uniform, uniform, class_dim=1, reduction="median")  # type: ignore[arg-type]
+
+
+def test_eps_bounds_the_probabilities():
+    one, zero = torch.tensor([1.0]), torch.tensor([0.0])
+    assert prediction_inconsistency(one, zero).item() == pytest.approx(1.0, abs=1e-3)
+    # With eps = 0.1 the branches say 0.9 and 0.1: I = H(0.5) - H(0.1) = 1 - 0.469.
+    bounded = prediction_inconsistency(one, zero, eps=0.1).item()
+    assert bounded == pytest.approx(1 - entropy_bits(0.1), abs=1e-4)
+
+
+def test_heatmap_reduces_the_anchors_of_a_cell_and_blends_between_cells():
+    output = _agreeing_output("detection")
+    rows, cols = output.attention[0].inter.shape[-2:]
+    per_cell = output.visible.cls_logits[0].shape[1] // (rows * cols)
+    row, col = 2, 3
+    anchor = (row * cols + col) * per_cell + per_cell - 1  # the cell's last default box
+    output.visible.cls_logits[0][0, anchor] = torch.tensor([-20.0, -20.0, 20.0])
+    output.thermal.cls_logits[0][0, anchor] = torch.tensor([20.0, -20.0, -20.0])
+    heat = inconsistency_heatmap(output)[0]
+    peak = int(heat.argmax())
+    y, x = divmod(peak, heat.shape[1])
+    cell_h, cell_w = 64 / rows, 80 / cols
+    assert row * cell_h <= y < (row + 1) * cell_h and col * cell_w <= x < (col + 1) * cell_w
+    # Bilinear: values between the cell's and its neighbours' (none for a nearest-neighbour picture).
+    levels = len(output.anchors)
+    assert ((heat > 0.01 / levels) & (heat < 0.99 / levels)).any()

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ls_backend.label_config import LabelConfigError, ProjectSchema, schema_from_config
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "label_config"
 
 DETECTION = """
 <View>
@@ -206,12 +202,3 @@ EXTERNAL_DTD = '<?xml version="1.0"?><!DOCTYPE View SYSTEM "http://127.0.0.1:1/e
 def test_dtds_and_entities_are_refused(xml: str) -> None:
     with pytest.raises(LabelConfigError, match="DTD, entities or external references"):
         schema_from_config(xml)
-
-
-@pytest.mark.skipif(not list(CONFIG_DIR.glob("*.xml")), reason="no shipped label configs yet")
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.xml")), ids=lambda p: p.name)
-def test_shipped_configs_parse(path: Path) -> None:
-    schema = schema_from_config(path.read_text())
-    assert schema.task in ("detection", "segmentation")
-    assert schema.labels
-    assert schema.rgb.value_key != schema.thermal.value_key

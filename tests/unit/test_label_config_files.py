@@ -45,10 +45,3 @@ def test_config_parses_with_the_dataset_classes(name: str) -> None:
     assert schema.to_name == "rgb"
     assert schema.control_type == ("RectangleLabels" if task == "detection" else "BrushLabels")
     assert len(schema.inputs) == 1
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_pair_is_shown_side_by_side(name: str) -> None:
-    text = (CONFIG_DIR / name).read_text()
-    assert "display: flex" in text
-    assert text.count("flex: 50%") == 2

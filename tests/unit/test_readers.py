@@ -11,9 +11,10 @@ import pytest
 from model.data.flir import FLIRAlignedReader
 from model.data.io import encode_png, save_image, stretch_thermal
 from model.data.kaist import KAISTReader
+from model.data.layouts import load_conditions
 from model.data.llvip import LLVIPReader
 from model.data.mfnet import MFNetReader, mask_boxes
-from model.data.readers import FORMATS, load_conditions, open_dataset
+from model.data.readers import FORMATS, open_dataset
 from model.data.sample import IGNORE_INDEX, PairReader
 
 H, W = 32, 40

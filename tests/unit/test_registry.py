@@ -72,3 +72,31 @@ def test_prune_keeps_newest_and_current(tmp_path: Path):
     deleted = registry.prune("2", keep=2)
     assert deleted == [names[1]]
     assert [v.version for v in registry.versions("2")] == [names[0], names[2], names[3]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2"]  # it locked its own project, no other
+
+
+def test_prune_with_room_to_spare_deletes_nothing(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    names = [registry.publish("2", tiny()).version for _ in range(2)]
+    registry.set_current("2", names[1])
+    for keep in (2, 3):
+        assert registry.prune("2", keep=keep) == []
+    assert [v.version for v in registry.versions("2")] == names
+
+
+def test_prune_clears_staging_leftovers_of_a_killed_publish(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    name = registry.publish("2", tiny()).version
+    leftover = tmp_path / "2" / "versions" / ".staging-killed"
+    (leftover / "sub").mkdir(parents=True)
+    assert registry.prune("2", keep=5) == []
+    assert not leftover.exists()
+    assert [v.version for v in registry.versions("2")] == [name]
+
+
+def test_current_is_none_before_the_first_version(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    assert registry.current("3") is None
+    info = registry.publish("3", tiny())
+    current = registry.current("3")
+    assert current is not None and current.version == info.version

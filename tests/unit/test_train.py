@@ -37,13 +37,24 @@ def test_tiny_network_overfits_a_few_pairs(task, metric):
 
 
 def test_resume_continues_from_the_saved_epoch(tmp_path: Path):
-    data = tiny_set(4)
+    data = tiny_set(4)  # one batch of 4: one optimizer step per epoch
     config = NetConfig(class_names=SYNTH_CLASSES, width=0.125, image_size=SIZE)
     path = tmp_path / "run.pt"
     torch.manual_seed(0)
     first = ThreeBranchNet(config)
     fit(first, data, TrainConfig(epochs=2, batch_size=4, device="cpu"), checkpoint_path=path, progress=False)
-    assert read_checkpoint(path)["extra"]["epoch"] == 2
+    saved = read_checkpoint(path)
+    assert saved["extra"]["epoch"] == 2
+
+    # Nothing left to train: the resumed model is exactly the saved one, not its own random init.
+    torch.manual_seed(1)
+    restored = ThreeBranchNet(config)
+    again = TrainConfig(epochs=2, batch_size=4, device="cpu")
+    history = fit(restored, data, again, checkpoint_path=path, resume=True, progress=False)
+    assert [h.epoch for h in history] == [1, 2]
+    for name, value in restored.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][name]), name
+
     resumed = ThreeBranchNet(config)
     history = fit(
         resumed,
@@ -54,11 +65,11 @@ def test_resume_continues_from_the_saved_epoch(tmp_path: Path):
         progress=False,
     )
     assert [h.epoch for h in history] == [1, 2, 3, 4]  # two restored from the checkpoint, two new
-    assert read_checkpoint(path)["extra"]["epoch"] == 4
-    # The resumed model started from the saved weights, not from its own random init.
-    assert not torch.equal(
-        resumed.rgb_trunk.features[0].weight, ThreeBranchNet(config).rgb_trunk.features[0].weight
-    )
+    final = read_checkpoint(path)
+    assert final["extra"]["epoch"] == 4
+    # The optimizer state came back too: AdamW counted the two saved steps before the two new ones.
+    steps = {float(state["step"]) for state in final["optimizer"]["state"].values()}
+    assert steps == {4.0}, steps
 
 
 def test_empty_training_set_is_refused():
