@@ -52,7 +52,7 @@ reliability: venv
 # Mutation testing (mutmut) of the core modules against their unit tests; not in CI (long on a small CPU).
 # Scratch copies and cached results in build/mutation/; MUTATION_ARGS="model/postprocess.py" for one module.
 mutation: venv
-	$(BIN)/python tools/mutation.py $(MUTATION_ARGS)
+	$(BIN)/python tests/mutation.py $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build/mutation

@@ -6,9 +6,9 @@ working directory), mutmut runs there (niced; results are cached, so a second ru
 and the killed / survived counts are collected into ``build/mutation/summary.json`` and printed. Surviving
 mutants are listed with ``--survivors``; the README's "Mutation testing" section explains each one.
 
-    .venv/bin/python tools/mutation.py                       # every module
-    .venv/bin/python tools/mutation.py model/postprocess.py  # one
-    .venv/bin/python tools/mutation.py --survivors           # also print each survivor's diff
+    .venv/bin/python tests/mutation.py                       # every module
+    .venv/bin/python tests/mutation.py model/postprocess.py  # one
+    .venv/bin/python tests/mutation.py --survivors           # also print each survivor's diff
 
 Not part of CI: it takes a long time on a small CPU.
 """
