@@ -39,7 +39,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from model.active import RESULTS_FILE, SimulationConfig, Simulator, merge_results, simulate  # noqa: E402
+from model.acquisition import DEFAULT_STRATEGY  # noqa: E402
+from model.active import (  # noqa: E402
+    PRETRAINED_FILE,
+    RESULTS_FILE,
+    SimulationConfig,
+    Simulator,
+    merge_results,
+    simulate,
+)
 from model.report import markdown_summary, summarise, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "al_synthetic"
@@ -144,6 +152,33 @@ SMOKE_CONFIGS = {
 }
 PRESETS = {"cpu": CONFIGS, "paper": PAPER_CONFIGS, "smoke": SMOKE_CONFIGS}
 
+#: The warm-start protocol (``--protocol warm-start``, the default) per preset: the source set the shared
+#: starting model is trained on, and the training lengths from it. CPU: sized so both tasks' random and
+#: default strategy at 5 seeds finish in about an hour on a shared 2-core machine; the first model of a seed
+#: is fine-tuned for fewer steps than a cold one needs, the full-data model too (it starts from the source
+#: model).
+WARM_START: dict[str, dict] = {
+    "cpu": dict(
+        pretrain_size=800,
+        pretrain_steps=800,
+        steps_initial=150,
+        full_data_steps=600,
+        seeds=[0, 1, 2, 3, 4],
+        strategies=["random", DEFAULT_STRATEGY],
+    ),
+    "paper": dict(pretrain_size=4000, pretrain_steps=2000, steps_initial=400, full_data_steps=1000),
+    "smoke": dict(pretrain_size=16, pretrain_steps=3),
+}
+PROTOCOLS = ("warm-start", "cold-start")
+
+
+def preset_configs(preset: str, protocol: str) -> dict[str, SimulationConfig]:
+    """The preset's configuration per task under ``protocol``."""
+    configs = PRESETS[preset]
+    if protocol == "cold-start":
+        return dict(configs)
+    return {task: replace(config, **WARM_START[preset]) for task, config in configs.items()}
+
 
 def device_slug(device: str) -> str:
     """A folder name for the machine: the GPU's name (``nvidia-h200``) or ``cpu-<N>core``."""
@@ -158,24 +193,30 @@ def device_slug(device: str) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
-def output_dirs(preset: str, task: str, device: str, out: Path | None = None) -> tuple[Path, Path]:
-    """(results folder, checkpoint folder) of a task under a preset (both under ``out`` when given)."""
+def output_dirs(
+    preset: str, task: str, device: str, out: Path | None = None, protocol: str = "cold-start"
+) -> tuple[Path, Path]:
+    """(results folder, checkpoint folder) of a task under a preset (both under ``out`` when given). The
+    warm-start protocol's go to a ``warm-start/`` folder; the cold-start ones stay where they always were."""
+    warm = Path("warm-start") if protocol == "warm-start" else Path()
     if out is not None:
-        return out / task, out / "runs" / task
+        return out / warm / task, out / "runs" / warm / task
     if preset == "smoke":
         raise ValueError("the smoke preset needs an explicit output folder (--out)")
     if preset == "cpu":
-        return RESULTS / task, CHECKPOINTS / task
+        return RESULTS / warm / task, CHECKPOINTS / warm / task
     slug = device_slug(device)
-    return PAPER_RESULTS / slug / task, CHECKPOINTS / f"paper-{slug}" / task
+    return PAPER_RESULTS / slug / warm / task, CHECKPOINTS / f"paper-{slug}" / warm / task
 
 
 def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: bool = False) -> Path:
     """One process's share of a parallel run: a seed's strategies, or (``full``) the full-data reference."""
     folder = checkpoints / "parts" / part
+    shared = checkpoints / PRETRAINED_FILE  # every part starts from the task's one source model
     if part == "full":
         seed = (config.full_data_seeds or config.seeds)[0]
-        simulator = Simulator(replace(config, seeds=[seed]), folder, progress=False, checkpoint_dir=folder)
+        config = replace(config, seeds=[seed])
+        simulator = Simulator(config, folder, progress=False, checkpoint_dir=folder, pretrained_path=shared)
         simulator.full_data_reference(seed)
     else:
         seed = int(part.removeprefix("seed"))
@@ -186,6 +227,7 @@ def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: b
             progress=progress,
             checkpoint_dir=folder,
             figure_pairs=6 if first else 0,
+            pretrained_path=shared,
         )
         simulator.run()
     return folder
@@ -216,7 +258,15 @@ def run_parallel(
     jobs = []
     for task in tasks:
         config = configs[task]
-        _, checkpoints = output_dirs(preset, task, args.device, args.out)
+        _, checkpoints = output_dirs(preset, task, args.device, args.out, config.protocol)
+        if config.pretrain_size:  # the source model first, once, before the parts that share it
+            source = Simulator(
+                config,
+                checkpoints / "parts" / "source",
+                progress=False,
+                pretrained_path=checkpoints / PRETRAINED_FILE,
+            )
+            source.pretrained()
         parts = [f"seed{seed}" for seed in config.seeds] + (["full"] if config.full_data else [])
         for part in parts:
             (checkpoints / "parts" / part).mkdir(parents=True, exist_ok=True)
@@ -244,14 +294,17 @@ def run_parallel(
         failed += process.exitcode != 0 and process.pid not in stopped
         print(f"{task} {part}: {state}", flush=True)
     for task in tasks:
-        out, checkpoints = output_dirs(preset, task, args.device, args.out)
+        out, checkpoints = output_dirs(preset, task, args.device, args.out, configs[task].protocol)
         merge_task(out, checkpoints, elapsed)
     return failed
 
 
 def merge_task(out: Path, checkpoints: Path, elapsed: float | None) -> None:
     """Merge a task's parts into ``out`` (results.json, report, the first seed's selected-pairs figure)."""
-    folders = sorted((checkpoints / "parts").glob("*/"), key=lambda f: (f.name == "full", f.name))
+    folders = sorted(
+        (f for f in (checkpoints / "parts").glob("*/") if f.name != "source"),
+        key=lambda f: (f.name == "full", f.name),
+    )
     parts = [json.loads((f / RESULTS_FILE).read_text()) for f in folders if (f / RESULTS_FILE).exists()]
     if not parts:
         print(f"{out.name}: no part wrote results", flush=True)
@@ -342,6 +395,12 @@ def rewrite_readme(text: str, section: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="warm-start",
+        help="warm-start (default: every first model fine-tuned from a source-set model) or cold-start",
+    )
     parser.add_argument("--tasks", default="detection,segmentation", help="comma-separated")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the benchmark's 0,1,2)")
     parser.add_argument("--strategies", help="comma-separated (default: random,inconsistency)")
@@ -354,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, help="--parallel: stop the parts after this many seconds")
     parser.add_argument("--out", type=Path, help="results (and runs/) under this folder instead")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the reports and the README section from the results.json files, train nothing",
+    )
+    parser.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the preset's image size"
     )
     args = parser.parse_args(argv)
@@ -363,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    presets = PRESETS[args.preset]
+    presets = preset_configs(args.preset, args.protocol)
     unknown = set(tasks) - set(presets)
     if unknown:
         parser.error(f"unknown tasks {sorted(unknown)}; choose from {', '.join(presets)}")
@@ -375,10 +439,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size:
         changes["image_size"] = tuple(args.image_size)
     configs = {task: replace(presets[task], **changes) for task in tasks}
+    if args.report_only:
+        for task in tasks:
+            out, _ = output_dirs(args.preset, task, args.device, args.out, configs[task].protocol)
+            if (out / RESULTS_FILE).exists():
+                write_report(json.loads((out / RESULTS_FILE).read_text()), out)
+                print((out / "summary.md").read_text(), flush=True)
+        if not args.no_readme and args.out is None:
+            README.write_text(rewrite_readme(README.read_text(), readme_section(list(CONFIGS))))
+        return 0
     failed = run_parallel(args.preset, tasks, configs, args) if args.parallel else 0
     for task in [] if args.parallel else tasks:
         config = configs[task]
-        out, checkpoints = output_dirs(args.preset, task, args.device, args.out)
+        out, checkpoints = output_dirs(args.preset, task, args.device, args.out, config.protocol)
         started = time.perf_counter()
         results = simulate(config, out, progress=not args.quiet, checkpoint_dir=checkpoints)
         print(
