@@ -15,7 +15,7 @@ output of :class:`model.inference.Predictor`, the backend's one inference path):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +54,13 @@ class PoolSignals:
 
     def subset(self, positions: np.ndarray) -> PoolSignals:
         return PoolSignals(**{k: v[positions] for k, v in self.__dict__.items()})
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, float]], embeddings: Sequence[np.ndarray]) -> PoolSignals:
+        """From per-pair signal dicts (``PairPrediction.signals``) and embeddings, in pool order."""
+        names = [k for k in cls.__dataclass_fields__ if k != "embedding"]
+        columns = {k: np.array([row[k] for row in rows], dtype=np.float64) for k in names}
+        return cls(**columns, embedding=np.stack(list(embeddings)) if len(embeddings) else np.zeros((0, 0)))
 
 
 def fused_entropy_maps(probabilities: list[torch.Tensor], class_dim: int) -> list[torch.Tensor]:
@@ -326,6 +333,21 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "inconsistency-flat": lambda: TopScoreStrategy("inconsistency-flat", lambda s: s.inconsistency_flat),
     "inconsistency-mean": lambda: TopScoreStrategy("inconsistency-mean", lambda s: s.inconsistency_mean),
 }
+
+
+def queue_scores(
+    strategy: Strategy, signals: PoolSignals, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The ``score`` to push per pair so that Label Studio's uncertainty sampling (lowest score first)
+    serves the pool in ``strategy``'s order: ``1 - value`` for a strategy ranking by one absolute signal,
+    else the rank-encoded ``rank / N`` of :meth:`Strategy.order` with a first batch of ``count``. (P,) in
+    [0, 1]."""
+    if strategy.absolute:
+        return np.clip(1.0 - strategy.base_score(signals), 0.0, 1.0)
+    order = strategy.order(signals, count, rng)
+    scores = np.empty(len(order), dtype=np.float64)
+    scores[order] = np.arange(len(order)) / max(len(order), 1)
+    return scores
 
 
 #: The product's default (``ACQUISITION`` in ls_backend/settings.py), chosen on the benchmark's evidence; the

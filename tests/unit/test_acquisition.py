@@ -19,6 +19,7 @@ from model.acquisition import (
     kmeans,
     make_strategy,
     percentile_rank,
+    queue_scores,
 )
 from model.config import NetConfig
 from model.data.dataset import PairDataset
@@ -168,3 +169,22 @@ def test_simulator_signals_come_from_the_predictor_path(reduction):
         assert prediction.signals["fused_entropy"] == pytest.approx(pool.fused_entropy[i], rel=1e-4, abs=1e-6)
         assert prediction.signals["inconsistency"] == pytest.approx(prediction.inconsistency, rel=1e-6)
     assert all(p.signals is None for p in predictor.predict_batch(batch))
+
+
+def test_queue_scores_make_label_studio_serve_the_strategy_order():
+    """Label Studio serves the lowest score first: ascending scores must follow each strategy's order."""
+    s = two_scenes(np.random.default_rng(0))
+    absolute = queue_scores(make_strategy("inconsistency"), s, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(absolute, 1 - s.inconsistency)
+    combined = queue_scores(make_strategy("combined"), s, 2, np.random.default_rng(0))
+    expected = np.argsort(-combined_score(s), kind="stable")
+    assert np.argsort(combined, kind="stable").tolist() == expected.tolist()
+    assert sorted(combined.tolist()) == [i / 20 for i in range(20)]  # rank / N
+    served = np.argsort(queue_scores(make_strategy("ppal"), s, 2, np.random.default_rng(0)))
+    assert served[0] == 0 and served[1] in (6, 7)  # the diverse first batch, then the rest
+    assert set(served[-12:].tolist()) == set(range(8, 20))
+    names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
+    rows = [{k: float(getattr(s, k)[i]) for k in names} for i in range(20)]
+    rebuilt = PoolSignals.from_rows(rows, list(s.embedding))
+    np.testing.assert_allclose(rebuilt.fused_entropy, s.fused_entropy)
+    np.testing.assert_allclose(rebuilt.embedding, s.embedding)
