@@ -269,8 +269,37 @@ def plot_learning_curves(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_condition_shares(results: dict[str, Any], path: Path) -> None:
+    """Bars: the share of each condition among each strategy's selected pairs, next to the pool's."""
+    plt = _matplotlib()
+    shares = condition_shares(results)
+    conditions = sorted(shares["(pool)"])
+    names = ["(pool)", *sorted(k for k in shares if k != "(pool)")]
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        x = np.arange(len(conditions)) + (index - (len(names) - 1) / 2) * width
+        values = [100 * shares[name].get(c, 0.0) for c in conditions]
+        ax.bar(x, values, width, label=name, color="lightgrey" if name == "(pool)" else None)
+    ax.set_xticks(np.arange(len(conditions)), conditions, fontsize=8)
+    ax.set_ylabel("% of selected pairs")
+    config = results["config"]
+    protocol = results.get("protocol", "cold-start")
+    ax.set_title(f"{config['task']}, {protocol}: conditions of the labelled pairs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _reach(value: int | None, budget: int) -> str:
     return str(value) if value is not None else f"> {budget}"
+
+
+def _generator(results: dict[str, Any]) -> str:
+    version = results.get("generator_version")
+    return f", synthetic generator version {version}" if version else ""
 
 
 def _pretrained_line(results: dict[str, Any]) -> list[str]:
@@ -310,7 +339,7 @@ def markdown_summary(results: dict[str, Any], summary: dict[str, Any], *, headin
         f"Pool {len(results['pool_ids'])} pairs, test {len(results.get('test_conditions', []))} pairs, "
         f"b={config['initial']}, B={budget}, seeds {config['seeds']}, width {config['width']}, "
         f"{config['image_size'][0]}x{config['image_size'][1]} pixels, batch {config['batch_size']}, "
-        f"{training}.",
+        f"{training}{_generator(results)}.",
         f"Full-data {metric} (fused branch, seeds {sorted(int(k) for k in results['full_data'])}, "
         f"{len(results['pool_ids'])} pairs): {full:.4f}; 95% of it: {TARGET_FRACTION * full:.4f}."
         if full is not None
@@ -432,6 +461,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Any]
     summary = summarise(results)
     if summary["strategies"]:
         plot_learning_curves(results, out / "learning_curves.png")
+        plot_condition_shares(results, out / "condition_shares.png")
     (out / "summary.md").write_text(markdown_summary(results, summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
