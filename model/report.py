@@ -297,6 +297,12 @@ def _reach(value: int | None, budget: int) -> str:
     return str(value) if value is not None else f"> {budget}"
 
 
+def _learning_rate(config: dict[str, Any]) -> str:
+    if config.get("finetune_lr"):
+        return f", learning rate {config['lr']:g} for the source model and {config['finetune_lr']:g} from it"
+    return f", learning rate {config['lr']:g}"
+
+
 def _generator(results: dict[str, Any]) -> str:
     version = results.get("generator_version")
     return f", synthetic generator version {version}" if version else ""
@@ -339,7 +345,7 @@ def markdown_summary(results: dict[str, Any], summary: dict[str, Any], *, headin
         f"Pool {len(results['pool_ids'])} pairs, test {len(results.get('test_conditions', []))} pairs, "
         f"b={config['initial']}, B={budget}, seeds {config['seeds']}, width {config['width']}, "
         f"{config['image_size'][0]}x{config['image_size'][1]} pixels, batch {config['batch_size']}, "
-        f"{training}{_generator(results)}.",
+        f"{training}{_learning_rate(config)}{_generator(results)}.",
         f"Full-data {metric} (fused branch, seeds {sorted(int(k) for k in results['full_data'])}, "
         f"{len(results['pool_ids'])} pairs): {full:.4f}; 95% of it: {TARGET_FRACTION * full:.4f}."
         if full is not None
