@@ -10,13 +10,16 @@ b=200, B=1200; segmentation b=50, B=350) on larger synthetic sets and images, an
 ``benchmarks/results/al_synthetic_paper/<device>/<task>/``. ``--parallel`` runs every seed, and the full-data
 reference, as its own process (``--threads`` torch threads each) and merges their results.json files.
 
-For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol,
-random vs cross-modality inconsistency (and two extensions), over three seeds plus a full-data reference, at
-sizes that fit a small CPU, then writes ``benchmarks/results/al_synthetic/<task>/``: ``results.json`` (every
-cycle), the learning curves, the most inconsistent pairs (``selected_pairs.png``), ``summary.md`` /
-``summary.json``. Model
-checkpoints go to ``runs/al_synthetic/<task>/`` (git-ignored); once a task is complete only each seed's
-initial model is kept there, so a strategy added later starts from the same model.
+For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol
+under ``--protocol warm-start`` (default: every first model is fine-tuned from one model trained on a
+generated source set, cached as ``pretrained.pt``) or ``cold-start``; the CPU preset's warm start compares
+random with the product's default strategy over five seeds plus a full-data reference (``--strategies`` and
+``--seeds`` add others later). It writes ``benchmarks/results/al_synthetic/[warm-start/]<task>/``:
+``results.json`` (every cycle), the learning curves, the conditions of the selected pairs, the default
+strategy's first picks (``selected_pairs.png``), ``summary.md`` / ``summary.json``. Model checkpoints go to
+``runs/al_synthetic/[warm-start/]<task>/`` (git-ignored); once a task is complete only the source model and
+each seed's initial model are kept there, so a strategy added later starts from the same model.
+``--report-only`` rewrites the reports and the README section from the results.json files.
 Finally the README section between ``<!-- al-results:start -->`` and ``<!-- al-results:end -->`` is rewritten
 from the summaries.
 """
