@@ -10,13 +10,16 @@ b=200, B=1200; segmentation b=50, B=350) on larger synthetic sets and images, an
 ``benchmarks/results/al_synthetic_paper/<device>/<task>/``. ``--parallel`` runs every seed, and the full-data
 reference, as its own process (``--threads`` torch threads each) and merges their results.json files.
 
-For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol,
-random vs cross-modality inconsistency (and two extensions), over three seeds plus a full-data reference, at
-sizes that fit a small CPU, then writes ``benchmarks/results/al_synthetic/<task>/``: ``results.json`` (every
-cycle), the learning curves, the most inconsistent pairs (``selected_pairs.png``), ``summary.md`` /
-``summary.json``. Model
-checkpoints go to ``runs/al_synthetic/<task>/`` (git-ignored); once a task is complete only each seed's
-initial model is kept there, so a strategy added later starts from the same model.
+For each task it runs (or resumes: kill it and start it again, finished cycles are kept) the paper's protocol
+under ``--protocol warm-start`` (default: every first model is fine-tuned from one model trained on a
+generated source set, cached as ``pretrained.pt``) or ``cold-start``; the CPU preset's warm start compares
+random with the product's default strategy over five seeds plus a full-data reference (``--strategies`` and
+``--seeds`` add others later). It writes ``benchmarks/results/al_synthetic/[warm-start/]<task>/``:
+``results.json`` (every cycle), the learning curves, the conditions of the selected pairs, the default
+strategy's first picks (``selected_pairs.png``), ``summary.md`` / ``summary.json``. Model checkpoints go to
+``runs/al_synthetic/[warm-start/]<task>/`` (git-ignored); once a task is complete only the source model and
+each seed's initial model are kept there, so a strategy added later starts from the same model.
+``--report-only`` rewrites the reports and the README section from the results.json files.
 Finally the README section between ``<!-- al-results:start -->`` and ``<!-- al-results:end -->`` is rewritten
 from the summaries.
 """
@@ -39,7 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from model.active import RESULTS_FILE, SimulationConfig, Simulator, merge_results, simulate  # noqa: E402
+from model.acquisition import DEFAULT_STRATEGY  # noqa: E402
+from model.active import (  # noqa: E402
+    PRETRAINED_FILE,
+    RESULTS_FILE,
+    SimulationConfig,
+    Simulator,
+    merge_results,
+    simulate,
+)
 from model.report import markdown_summary, summarise, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "al_synthetic"
@@ -144,6 +155,38 @@ SMOKE_CONFIGS = {
 }
 PRESETS = {"cpu": CONFIGS, "paper": PAPER_CONFIGS, "smoke": SMOKE_CONFIGS}
 
+#: The warm-start protocol (``--protocol warm-start``, the default) per preset: the source set the shared
+#: starting model is trained on, and the training from it (a quarter of the source's learning rate, which
+#: keeps what the source taught: see ``SimulationConfig.finetune_lr``). CPU: sized so both tasks' random and
+#: default strategy at 5 seeds finish in about an hour on a shared 2-core machine; the first model of a seed
+#: is fine-tuned for fewer steps than a cold one needs, the full-data model too (it starts from the source
+#: model).
+WARM_START: dict[str, dict] = {
+    "cpu": dict(
+        pretrain_size=800,
+        pretrain_steps=800,
+        finetune_lr=5e-4,
+        steps_initial=100,
+        steps_per_cycle=50,
+        full_data_steps=600,
+        seeds=[0, 1, 2, 3, 4],
+        strategies=["random", DEFAULT_STRATEGY],
+    ),
+    "paper": dict(
+        pretrain_size=4000, pretrain_steps=2000, finetune_lr=5e-4, steps_initial=400, full_data_steps=1000
+    ),
+    "smoke": dict(pretrain_size=16, pretrain_steps=3),
+}
+PROTOCOLS = ("warm-start", "cold-start")
+
+
+def preset_configs(preset: str, protocol: str) -> dict[str, SimulationConfig]:
+    """The preset's configuration per task under ``protocol``."""
+    configs = PRESETS[preset]
+    if protocol == "cold-start":
+        return dict(configs)
+    return {task: replace(config, **WARM_START[preset]) for task, config in configs.items()}
+
 
 def device_slug(device: str) -> str:
     """A folder name for the machine: the GPU's name (``nvidia-h200``) or ``cpu-<N>core``."""
@@ -158,24 +201,30 @@ def device_slug(device: str) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
-def output_dirs(preset: str, task: str, device: str, out: Path | None = None) -> tuple[Path, Path]:
-    """(results folder, checkpoint folder) of a task under a preset (both under ``out`` when given)."""
+def output_dirs(
+    preset: str, task: str, device: str, out: Path | None = None, protocol: str = "cold-start"
+) -> tuple[Path, Path]:
+    """(results folder, checkpoint folder) of a task under a preset (both under ``out`` when given). The
+    warm-start protocol's go to a ``warm-start/`` folder; the cold-start ones stay where they always were."""
+    warm = Path("warm-start") if protocol == "warm-start" else Path()
     if out is not None:
-        return out / task, out / "runs" / task
+        return out / warm / task, out / "runs" / warm / task
     if preset == "smoke":
         raise ValueError("the smoke preset needs an explicit output folder (--out)")
     if preset == "cpu":
-        return RESULTS / task, CHECKPOINTS / task
+        return RESULTS / warm / task, CHECKPOINTS / warm / task
     slug = device_slug(device)
-    return PAPER_RESULTS / slug / task, CHECKPOINTS / f"paper-{slug}" / task
+    return PAPER_RESULTS / slug / warm / task, CHECKPOINTS / f"paper-{slug}" / warm / task
 
 
 def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: bool = False) -> Path:
     """One process's share of a parallel run: a seed's strategies, or (``full``) the full-data reference."""
     folder = checkpoints / "parts" / part
+    shared = checkpoints / PRETRAINED_FILE  # every part starts from the task's one source model
     if part == "full":
         seed = (config.full_data_seeds or config.seeds)[0]
-        simulator = Simulator(replace(config, seeds=[seed]), folder, progress=False, checkpoint_dir=folder)
+        config = replace(config, seeds=[seed])
+        simulator = Simulator(config, folder, progress=False, checkpoint_dir=folder, pretrained_path=shared)
         simulator.full_data_reference(seed)
     else:
         seed = int(part.removeprefix("seed"))
@@ -186,6 +235,7 @@ def run_part(config: SimulationConfig, part: str, checkpoints: Path, progress: b
             progress=progress,
             checkpoint_dir=folder,
             figure_pairs=6 if first else 0,
+            pretrained_path=shared,
         )
         simulator.run()
     return folder
@@ -216,7 +266,15 @@ def run_parallel(
     jobs = []
     for task in tasks:
         config = configs[task]
-        _, checkpoints = output_dirs(preset, task, args.device, args.out)
+        _, checkpoints = output_dirs(preset, task, args.device, args.out, config.protocol)
+        if config.pretrain_size:  # the source model first, once, before the parts that share it
+            source = Simulator(
+                config,
+                checkpoints / "parts" / "source",
+                progress=False,
+                pretrained_path=checkpoints / PRETRAINED_FILE,
+            )
+            source.pretrained()
         parts = [f"seed{seed}" for seed in config.seeds] + (["full"] if config.full_data else [])
         for part in parts:
             (checkpoints / "parts" / part).mkdir(parents=True, exist_ok=True)
@@ -244,14 +302,17 @@ def run_parallel(
         failed += process.exitcode != 0 and process.pid not in stopped
         print(f"{task} {part}: {state}", flush=True)
     for task in tasks:
-        out, checkpoints = output_dirs(preset, task, args.device, args.out)
+        out, checkpoints = output_dirs(preset, task, args.device, args.out, configs[task].protocol)
         merge_task(out, checkpoints, elapsed)
     return failed
 
 
 def merge_task(out: Path, checkpoints: Path, elapsed: float | None) -> None:
     """Merge a task's parts into ``out`` (results.json, report, the first seed's selected-pairs figure)."""
-    folders = sorted((checkpoints / "parts").glob("*/"), key=lambda f: (f.name == "full", f.name))
+    folders = sorted(
+        (f for f in (checkpoints / "parts").glob("*/") if f.name != "source"),
+        key=lambda f: (f.name == "full", f.name),
+    )
     parts = [json.loads((f / RESULTS_FILE).read_text()) for f in folders if (f / RESULTS_FILE).exists()]
     if not parts:
         print(f"{out.name}: no part wrote results", flush=True)
@@ -268,65 +329,72 @@ def merge_task(out: Path, checkpoints: Path, elapsed: float | None) -> None:
 
 
 def readme_section(tasks: list[str]) -> str:
-    """The generated README text: per task, the plots and the summary tables."""
+    """The generated README text: per protocol and preset, per task, the summary tables and the figures."""
     parts = [
         "## Active learning on synthetic RGB-T",
         "",
-        "The paper's protocol on the synthetic generator (`model/data/synthetic.py`, version 2: a pool "
-        "that is ~65% clear day, the rest dusk, night, thermal crossover, cold objects and glare, where "
-        "one sensor fails or misleads - cold silhouettes of parked vehicles at night, bodies faintly "
-        "colder than hot asphalt, person-shaped decoys seen by one sensor only; a test split balanced "
-        "across the six conditions): a random initial set of b pairs, train, score the pool, label the "
-        "top b, fine-tune on the enlarged set from the previous weights, evaluate the fused branch on the"
-        " test split; repeat until B. Strategies are paired over seeds (same initial set and initial "
-        "model per seed): random, the paper's cross-modality inconsistency, and three extensions from "
-        "`model/acquisition.py`: `inconsistency-diverse` (the 3b most inconsistent pairs clustered on "
-        "fused-branch features, the most inconsistent of each of b clusters), `combined` (mean of the "
-        "percentile ranks of inconsistency and fused-branch entropy) and `inconsistency-objects` (I "
-        "averaged only where either branch predicts an object, instead of over every prediction). AUC is "
-        "the area under the learning curve divided by its labelled-pairs span (the mean metric over the "
-        "run). Section regenerated by `make al-benchmark` (`.venv/bin/python benchmarks/al_synthetic.py`,"
-        " resumable, CPU sizes); every cycle's numbers, selected pair ids and timings are in "
-        "`benchmarks/results/al_synthetic/<task>/results.json`. `--preset paper --parallel` runs the "
-        "paper's b and B on a GPU into `benchmarks/results/al_synthetic_paper/<device>/`, shown after the"
-        " CPU results when present.",
+        "The paper's protocol on the synthetic generator (`model/data/synthetic.py`: a pool that is ~65% "
+        "clear day, the rest dusk, night, thermal crossover, cold objects and glare, where one sensor fails "
+        "or misleads - cold silhouettes of parked vehicles at night, bodies faintly colder than hot "
+        "asphalt, person-shaped decoys seen by one sensor only; a test split balanced across the six "
+        "conditions; since version 3, objects below the noise level in both sensors are ignore regions, "
+        "like KAIST's, never misses): a random initial set of b pairs, train, score the pool, label the "
+        "next b, fine-tune on the enlarged set from the previous weights, evaluate the fused branch on the "
+        "test split; repeat until B. **Warm start** (the paper's setting, whose extractors start from "
+        "ImageNet): one model is first trained on a generated source set (another generator seed, 85% "
+        "clear day) and every seed's first model, and the full-data model, are fine-tuned from it. "
+        "**Cold start**: every first model starts from random weights. Strategies are paired over seeds "
+        "(same initial set and initial model per seed): random, the paper's cross-modality inconsistency "
+        "and the extensions of `model/acquisition.py`: `combined` (mean of the percentile ranks of "
+        "inconsistency and fused-branch entropy), `ppal` (PPAL-like: the 4b most uncertain pairs by "
+        "`combined`, then b of them by k-means++ seeding on fused-branch features), "
+        "`inconsistency-diverse` (the 3b most inconsistent pairs clustered on fused-branch features, the "
+        "most inconsistent of each of b clusters) and `inconsistency-objects` (I averaged only where "
+        "either branch predicts an object). AUC is the area under the learning curve divided by its "
+        "labelled-pairs span (the mean metric over the run); the sign test is the exact binomial test of "
+        "the number of seeds a strategy beats random in. Regenerated by `.venv/bin/python "
+        "benchmarks/al_synthetic.py` (resumable; `--protocol cold-start` for the cold tables, "
+        "`--report-only` to rewrite this section from the results); every cycle's numbers, selected pair "
+        "ids and timings are in the `results.json` next to each summary.",
         "",
     ]
-    folders = [RESULTS / task for task in tasks]
+    groups = [
+        ("### Warm start, CPU sizes", [RESULTS / "warm-start" / task for task in tasks]),
+        ("### Cold start, CPU sizes", [RESULTS / task for task in tasks]),
+    ]
     for device in sorted(p.name for p in PAPER_RESULTS.glob("*/") if p.is_dir()):
+        folders = [PAPER_RESULTS / device / "warm-start" / task for task in tasks]
         folders += [PAPER_RESULTS / device / task for task in tasks]
-    devices_shown: set[str] = set()
-    for folder in folders:
-        task = folder.name
-        results_path = folder / "results.json"
-        if not results_path.exists():
+        groups.append((f"### At the paper's sizes, on {device}", folders))
+    for heading, folders in groups:
+        present = [folder for folder in folders if (folder / RESULTS_FILE).exists()]
+        if not present:
             continue
-        paper = folder.parent.parent == PAPER_RESULTS
-        if paper and folder.parent.name not in devices_shown:
-            devices_shown.add(folder.parent.name)
+        parts += [heading, ""]
+        if heading.startswith("### At the paper's"):
+            parts += ["Generated there by `python benchmarks/al_synthetic.py --preset paper --parallel`.", ""]
+        for folder in present:
+            results = json.loads((folder / RESULTS_FILE).read_text())
+            summary = summarise(results)
+            relative = folder.relative_to(ROOT).as_posix()
+            task = results["config"]["task"]
             parts += [
-                f"### At the paper's sizes, on {folder.parent.name}",
+                markdown_summary(results, summary, heading="####").rstrip(),
                 "",
-                "Generated there by `python benchmarks/al_synthetic.py --preset paper --parallel`.",
+                f"![{task} learning curves]({relative}/learning_curves.png)",
                 "",
             ]
-        results = json.loads(results_path.read_text())
-        summary = summarise(results)
-        relative = folder.relative_to(ROOT).as_posix()
-        parts += [
-            markdown_summary(results, summary, heading="####" if paper else "###").rstrip(),
-            "",
-            f"![{task} learning curves]({relative}/learning_curves.png)",
-            "",
-        ]
-        if (folder / "selected_pairs.png").exists():
-            parts += [
-                f"The pairs the first seed's initial model ranks most inconsistent, with both branches' "
-                f"predictions and the I map ([full size]({relative}/selected_pairs.png)):",
-                "",
-                f"![{task} most inconsistent pairs]({relative}/selected_pairs.png)",
-                "",
-            ]
+            if (folder / "condition_shares.png").exists():
+                parts += [f"![{task} conditions of the selected pairs]({relative}/condition_shares.png)", ""]
+            if (folder / "selected_pairs.png").exists():
+                strategy = (results.get("selected_pairs_figure") or {}).get("strategy", "inconsistency")
+                parts += [
+                    f"The first pairs `{strategy}` labels under the first seed's initial model, with both "
+                    f"branches' predictions and the I map ([full size]({relative}/selected_pairs.png)):",
+                    "",
+                    f"![{task} first selected pairs]({relative}/selected_pairs.png)",
+                    "",
+                ]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -342,6 +410,12 @@ def rewrite_readme(text: str, section: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="sizes (default: cpu)")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="warm-start",
+        help="warm-start (default: every first model fine-tuned from a source-set model) or cold-start",
+    )
     parser.add_argument("--tasks", default="detection,segmentation", help="comma-separated")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the benchmark's 0,1,2)")
     parser.add_argument("--strategies", help="comma-separated (default: random,inconsistency)")
@@ -354,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, help="--parallel: stop the parts after this many seconds")
     parser.add_argument("--out", type=Path, help="results (and runs/) under this folder instead")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the reports and the README section from the results.json files, train nothing",
+    )
+    parser.add_argument(
         "--image-size", type=int, nargs=2, metavar=("H", "W"), help="override the preset's image size"
     )
     args = parser.parse_args(argv)
@@ -363,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    presets = PRESETS[args.preset]
+    presets = preset_configs(args.preset, args.protocol)
     unknown = set(tasks) - set(presets)
     if unknown:
         parser.error(f"unknown tasks {sorted(unknown)}; choose from {', '.join(presets)}")
@@ -375,10 +454,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.image_size:
         changes["image_size"] = tuple(args.image_size)
     configs = {task: replace(presets[task], **changes) for task in tasks}
+    if args.report_only:
+        for task in tasks:
+            out, _ = output_dirs(args.preset, task, args.device, args.out, configs[task].protocol)
+            if (out / RESULTS_FILE).exists():
+                write_report(json.loads((out / RESULTS_FILE).read_text()), out)
+                print((out / "summary.md").read_text(), flush=True)
+        if not args.no_readme and args.out is None:
+            README.write_text(rewrite_readme(README.read_text(), readme_section(list(CONFIGS))))
+        return 0
     failed = run_parallel(args.preset, tasks, configs, args) if args.parallel else 0
     for task in [] if args.parallel else tasks:
         config = configs[task]
-        out, checkpoints = output_dirs(args.preset, task, args.device, args.out)
+        out, checkpoints = output_dirs(args.preset, task, args.device, args.out, config.protocol)
         started = time.perf_counter()
         results = simulate(config, out, progress=not args.quiet, checkpoint_dir=checkpoints)
         print(

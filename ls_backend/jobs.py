@@ -37,6 +37,7 @@ from ls_backend.registry import ModelRegistry, RegistryError, VersionInfo
 from ls_backend.settings import Settings
 from ls_backend.studio import UNCERTAINTY_SAMPLING, StudioClient
 from ls_backend.url_policy import origin
+from model.acquisition import PoolSignals, make_strategy, queue_scores
 from model.backbone import resolve_imagenet_weights
 from model.checkpoint import CheckpointError, load_for_classes
 from model.config import NetConfig
@@ -45,7 +46,7 @@ from model.data.memory import InMemoryReader
 from model.data.sample import PairRecord
 from model.data.transforms import eval_transform, train_transform
 from model.engines import Engine, make_engine
-from model.inference import Predictor, PreparedBatch, export_path
+from model.inference import PairPrediction, Predictor, PreparedBatch, export_path
 from model.metrics import calibrate_thresholds
 from model.network import ThreeBranchNet
 from model.train import (
@@ -611,6 +612,10 @@ def _score_and_push(
     page: list[dict[str, Any]] = []
     scored = 0
     offset, span = progress
+    # ACQUISITION: the paper's score (1 - I) streams out batch by batch; every other strategy needs the
+    # whole shard's signals first (ranks, diverse batches), so its predictions are held until the end.
+    streamed = settings.acquisition == "inconsistency"
+    held: list[tuple[dict[str, Any], PairPrediction]] = []
 
     def fetch(item: tuple[int, dict[str, Any]]) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
         task_id, data = item
@@ -645,7 +650,7 @@ def _score_and_push(
                 upcoming.append(loaders.submit(load, batches[index + 2]))
             failed.extend(bad)
             if prepared is not None:
-                predictions = predictor.predict_batch(prepared)
+                predictions = predictor.predict_batch(prepared, with_signals=not streamed)
                 for task_id, size, prediction in zip(ids, prepared.sizes, predictions, strict=True):
                     payload, _ = prediction_payload(
                         prediction,
@@ -656,15 +661,34 @@ def _score_and_push(
                         policy=policy,
                         task_id=task_id,
                     )
-                    page.append({"task": task_id, **payload})
+                    if streamed:
+                        page.append({"task": task_id, **payload})
+                    else:
+                        held.append(({"task": task_id, **payload}, prediction))
                 scored += len(ids)
             while len(page) >= page_size:
                 pushes.append(pusher.submit(studio.import_predictions, int(project), page[:page_size]))
                 page = page[page_size:]
             report_progress(offset + span * (index + 1) / len(batches), f"scored {scored}/{len(tasks)}")
-    if page:
-        pushes.append(pusher.submit(studio.import_predictions, int(project), page))
+    if held:
+        page += _queue_ordered(held, settings, version)
+    for start in range(0, len(page), page_size):
+        pushes.append(pusher.submit(studio.import_predictions, int(project), page[start : start + page_size]))
     return scored, failed
+
+
+def _queue_ordered(
+    held: list[tuple[dict[str, Any], PairPrediction]], settings: Settings, version: str
+) -> list[dict[str, Any]]:
+    """The held payloads with the ``score`` of the ``ACQUISITION`` strategy over them (the first batch is
+    what annotators label before the next retraining: ``TRAIN_EVERY_N_ANNOTATIONS`` pairs)."""
+    predictions = [prediction for _, prediction in held]
+    rows = [p.signals or {} for p in predictions]
+    signals = PoolSignals.from_rows(rows, [p.embedding for p in predictions])
+    rng = np.random.default_rng(zlib.crc32(version.encode()))  # the same order if a shard is retried
+    strategy = make_strategy(settings.acquisition)
+    scores = queue_scores(strategy, signals, settings.train_every_n_annotations, rng)
+    return [{**payload, "score": float(score)} for (payload, _), score in zip(held, scores, strict=True)]
 
 
 def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any]:

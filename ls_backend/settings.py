@@ -288,6 +288,15 @@ class Settings:
         "SCORE_SHARD_SIZE", 2000, "Tasks per scoring shard; shards run in parallel on several workers."
     )
     score_loader_workers: int = _setting("SCORE_LOADER_WORKERS", 2, "Image-decoding threads per shard.")
+    acquisition: str = _setting(
+        "ACQUISITION",
+        "combined",  # model.acquisition.DEFAULT_STRATEGY (a test keeps them equal): the benchmark's choice
+        "How pool scoring orders the queue: `inconsistency` (the paper: score = 1 - I), `combined` (mean "
+        "percentile rank of I and fused-branch entropy), `inconsistency-objects` (I where a branch sees an "
+        "object), `inconsistency-diverse`, `ppal` (batch-aware: a diverse first batch of "
+        "TRAIN_EVERY_N_ANNOTATIONS pairs, then the rest) or `random`. All but `inconsistency` and "
+        "`inconsistency-objects` push the rank-encoded score rank/N, ranked within each scoring shard.",
+    )
     push_page_size: int = _setting("PUSH_PAGE_SIZE", 500, "Predictions per bulk import request.")
     keep_prediction_versions: int = _setting(
         "KEEP_PREDICTION_VERSIONS", 2, "Model versions whose predictions stay in Label Studio; older ones go."
@@ -350,6 +359,11 @@ class Settings:
         for name in ("decode_wait_seconds", "predict_deadline_seconds"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{env_name(name)} must be > 0")
+        from model.acquisition import STRATEGIES  # here, not at the top: the strategies import torch
+
+        if self.acquisition not in STRATEGIES:
+            choices = ", ".join(STRATEGIES)
+            raise SettingsError(f"ACQUISITION must be one of {choices}, got {self.acquisition!r}")
 
     @property
     def cache_dir(self) -> Path:

@@ -1,9 +1,11 @@
 """Acquisition: per-pair informativeness signals from one pass over the pool, and the strategies that
 turn them into a batch of pairs to label.
 
-Signals (all computed in one forward pass per batch, reduced on the device):
+Signals (all computed in one forward pass per batch, reduced on the device, by :func:`pair_signals` on the
+output of :class:`model.inference.Predictor`, the backend's one inference path):
 
-- ``inconsistency``: the paper's cross-modality inconsistency, max over classes, scale-balanced.
+- ``inconsistency``: the paper's cross-modality inconsistency, reduced over classes as the model's config says
+  (max by default), scale-balanced.
 - ``inconsistency_flat`` / ``inconsistency_mean``: the ablations (flat mean over all predictions; mean over
   classes instead of max).
 - ``fused_entropy``: intra-modality uncertainty of the fused branch alone: binary entropy of each prediction's
@@ -13,17 +15,19 @@ Signals (all computed in one forward pass per batch, reduced on the device):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from model.data.dataset import collate_pairs
 from model.data.sample import BACKGROUND_INDEX
-from model.device import autocast, select_device, to_device_for_inference
 from model.inconsistency import (
+    Aggregation,
+    Reduction,
     binary_entropy,
     branch_probabilities,
     flat_mean,
@@ -33,7 +37,7 @@ from model.inconsistency import (
     object_masks,
     scale_balanced_mean,
 )
-from model.network import ThreeBranchNet
+from model.network import NetOutput, ThreeBranchNet
 
 
 @dataclass
@@ -51,6 +55,13 @@ class PoolSignals:
     def subset(self, positions: np.ndarray) -> PoolSignals:
         return PoolSignals(**{k: v[positions] for k, v in self.__dict__.items()})
 
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, float]], embeddings: Sequence[np.ndarray]) -> PoolSignals:
+        """From per-pair signal dicts (``PairPrediction.signals``) and embeddings, in pool order."""
+        names = [k for k in cls.__dataclass_fields__ if k != "embedding"]
+        columns = {k: np.array([row[k] for row in rows], dtype=np.float64) for k in names}
+        return cls(**columns, embedding=np.stack(list(embeddings)) if len(embeddings) else np.zeros((0, 0)))
+
 
 def fused_entropy_maps(probabilities: list[torch.Tensor], class_dim: int) -> list[torch.Tensor]:
     """Max over foreground classes of the one-vs-rest binary entropy, per prediction, per level."""
@@ -63,7 +74,29 @@ def fused_entropy_maps(probabilities: list[torch.Tensor], class_dim: int) -> lis
     return maps
 
 
-@torch.inference_mode()
+def pair_signals(
+    output: NetOutput, *, reduction: Reduction = "max", aggregation: Aggregation = "scale_balanced"
+) -> dict[str, Tensor]:
+    """Every per-pair signal of one forward pass, reduced on the outputs' device: (N,) tensors keyed by
+    :class:`PoolSignals` field (``embedding`` (N, C)). ``inconsistency`` uses the model's class
+    ``reduction`` and the predictor's ``aggregation``; the other fields are fixed ablations of it."""
+    probabilities = modality_probabilities(output)  # one softmax per branch for every signal
+    primary = inconsistency_maps(output, reduction=reduction, probabilities=probabilities)
+    by_mean = inconsistency_maps(output, reduction="mean", probabilities=probabilities)
+    entropy = fused_entropy_maps(branch_probabilities(output.fused), output.fused.class_dim)
+    aggregate = scale_balanced_mean if aggregation == "scale_balanced" else flat_mean
+    return {
+        "inconsistency": aggregate(primary),
+        "inconsistency_flat": flat_mean(primary),
+        "inconsistency_mean": scale_balanced_mean(by_mean),
+        "inconsistency_objects": masked_scale_balanced_mean(
+            primary, object_masks(output, probabilities=probabilities)
+        ),
+        "fused_entropy": scale_balanced_mean(entropy),
+        "embedding": output.embedding.float(),
+    }
+
+
 def compute_signals(
     model: ThreeBranchNet,
     dataset: Dataset,
@@ -72,39 +105,51 @@ def compute_signals(
     device: str | torch.device = "auto",
     num_workers: int = 0,
 ) -> PoolSignals:
-    """Every acquisition signal for every pair of ``dataset`` (yielding ``to_tensors`` triples)."""
-    device = device if isinstance(device, torch.device) else select_device(device)
-    to_device_for_inference(model, device)
+    """Every acquisition signal for every pair of ``dataset`` (yielding ``to_tensors`` triples), through the
+    backend's inference path (:meth:`model.inference.Predictor.signals_batch`)."""
+    from model.inference import Predictor  # the predictor module imports pair_signals from here
+
+    predictor = Predictor(model, device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pairs)
     columns: dict[str, list[torch.Tensor]] = {k: [] for k in PoolSignals.__dataclass_fields__}
     for rgb, thermal, _ in loader:
-        with autocast(device):
-            output = model(rgb.to(device), thermal.to(device))
-        probabilities = modality_probabilities(output)  # one softmax per branch for every signal
-        by_max = inconsistency_maps(output, reduction="max", probabilities=probabilities)
-        by_mean = inconsistency_maps(output, reduction="mean", probabilities=probabilities)
-        entropy = fused_entropy_maps(branch_probabilities(output.fused), output.fused.class_dim)
-        columns["inconsistency"].append(scale_balanced_mean(by_max).cpu())
-        columns["inconsistency_flat"].append(flat_mean(by_max).cpu())
-        columns["inconsistency_mean"].append(scale_balanced_mean(by_mean).cpu())
-        objects = masked_scale_balanced_mean(by_max, object_masks(output, probabilities=probabilities))
-        columns["inconsistency_objects"].append(objects.cpu())
-        columns["fused_entropy"].append(scale_balanced_mean(entropy).cpu())
-        columns["embedding"].append(output.embedding.float().cpu())
+        for key, value in predictor.signals_batch(rgb, thermal).items():
+            columns[key].append(value.cpu())
+    # The predictor runs NHWC; training continues in the layout it had (its speed was measured in it).
+    model.to(memory_format=torch.contiguous_format)
     return PoolSignals(**{k: torch.cat(v).numpy() for k, v in columns.items()})
 
 
 # ------------------------------------------------------------------------------------------ strategies
 class Strategy:
-    """Picks ``count`` positions of the unlabelled pool; subclasses set ``name`` and implement ``select``."""
+    """Picks ``count`` positions of the unlabelled pool; subclasses set ``name`` and implement ``select``.
+
+    ``absolute``: the strategy ranks by one signal whose value means the same in every pool (the backend
+    can push ``1 - value`` as each pair is scored); otherwise its order depends on the whole pool (ranks,
+    batches) and the backend pushes the rank-encoded score of :meth:`order`.
+    """
 
     name: str = ""
     needs_model: bool = True
+    absolute: bool = False
 
     def select(
         self, signals: PoolSignals | None, count: int, rng: np.random.Generator, pool_size: int
     ) -> np.ndarray:
         raise NotImplementedError
+
+    def base_score(self, signals: PoolSignals) -> np.ndarray:
+        """Higher first: how the pairs after the first batch are ordered (see :meth:`order`)."""
+        return signals.inconsistency
+
+    def order(self, signals: PoolSignals, count: int, rng: np.random.Generator) -> np.ndarray:
+        """A priority order of the whole pool (a permutation of its positions, first = label first): the
+        batch of ``count`` this strategy selects, then every other pair by :meth:`base_score`."""
+        size = len(signals.inconsistency)
+        first = np.asarray(self.select(signals, min(count, size), rng, size), dtype=np.int64)
+        rest = np.setdiff1d(np.arange(size), first)
+        rest = rest[np.argsort(-self.base_score(signals)[rest], kind="stable")]
+        return np.concatenate([first, rest])
 
 
 class RandomStrategy(Strategy):
@@ -113,6 +158,9 @@ class RandomStrategy(Strategy):
 
     def select(self, signals, count, rng, pool_size):
         return rng.choice(pool_size, size=min(count, pool_size), replace=False)
+
+    def order(self, signals, count, rng):
+        return rng.permutation(len(signals.inconsistency))
 
 
 def _top(values: np.ndarray, count: int) -> np.ndarray:
@@ -123,13 +171,19 @@ def _top(values: np.ndarray, count: int) -> np.ndarray:
 class TopScoreStrategy(Strategy):
     """The ``count`` pairs with the highest value of one signal."""
 
-    def __init__(self, name: str, signal: Callable[[PoolSignals], np.ndarray]) -> None:
+    def __init__(
+        self, name: str, signal: Callable[[PoolSignals], np.ndarray], *, absolute: bool = True
+    ) -> None:
         self.name = name
         self.signal = signal
+        self.absolute = absolute
 
     def select(self, signals, count, rng, pool_size):
         assert signals is not None
         return _top(self.signal(signals), count)
+
+    def base_score(self, signals):
+        return self.signal(signals)
 
 
 def percentile_rank(values: np.ndarray) -> np.ndarray:
@@ -209,12 +263,67 @@ class InconsistencyDiverseStrategy(Strategy):
         return chosen_array[:count]
 
 
+def kmeans_pp_picks(
+    points: np.ndarray, count: int, first: int, rng: np.random.Generator
+) -> list[int]:
+    """``count`` row indices of ``points`` by k-means++ seeding from row ``first``: each next pick is drawn
+    with probability proportional to its squared distance to the nearest pick so far (spread out, but not
+    only the outliers that a farthest-first pick would take)."""
+    count = min(count, len(points))
+    picks = [first]
+    nearest = np.sum((points - points[first]) ** 2, axis=1)
+    while len(picks) < count:
+        total = nearest.sum()
+        if total <= 0:  # every remaining point duplicates a pick: take them in order
+            rest = [i for i in range(len(points)) if i not in set(picks)]
+            picks += rest[: count - len(picks)]
+            break
+        index = int(rng.choice(len(points), p=nearest / total))
+        picks.append(index)
+        nearest = np.minimum(nearest, np.sum((points - points[index]) ** 2, axis=1))
+    return picks
+
+
+class ShortlistDiverseStrategy(Strategy):
+    """PPAL-like (Yang et al., "Plug and Play Active Learning for Object Detection", CVPR 2024): an
+    uncertainty shortlist, then diversity inside it.
+
+    1. Shortlist the ``candidate_factor * count`` pairs with the highest :func:`combined_score` (intra- plus
+       inter-modality uncertainty, standing in for PPAL's difficulty-calibrated uncertainty).
+    2. Pick ``count`` of them by k-means++ seeding on standardised fused-branch embeddings, starting from the
+       most uncertain (PPAL's diversity step seeds k-means++ the same way, on its own image similarity).
+
+    Unlike ``inconsistency-diverse`` (the best pair of each k-means cluster), a pick far from the others
+    can be any shortlisted pair, not only its cluster's most uncertain.
+    """
+
+    name = "ppal"
+
+    def __init__(self, candidate_factor: int = 4) -> None:
+        self.candidate_factor = candidate_factor
+
+    def base_score(self, signals):
+        return combined_score(signals)
+
+    def select(self, signals, count, rng, pool_size):
+        assert signals is not None
+        score = combined_score(signals)
+        candidates = _top(score, min(pool_size, self.candidate_factor * count))
+        if len(candidates) <= count:
+            return candidates
+        features = signals.embedding[candidates].astype(np.float64)
+        features = (features - features.mean(0)) / (features.std(0) + 1e-8)
+        picks = kmeans_pp_picks(features, count, 0, rng)  # candidates[0] is the most uncertain
+        return candidates[np.array(picks, dtype=np.int64)]
+
+
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "random": RandomStrategy,
     "inconsistency": lambda: TopScoreStrategy("inconsistency", lambda s: s.inconsistency),
     "fused-entropy": lambda: TopScoreStrategy("fused-entropy", lambda s: s.fused_entropy),
-    "combined": lambda: TopScoreStrategy("combined", combined_score),
+    "combined": lambda: TopScoreStrategy("combined", combined_score, absolute=False),
     "inconsistency-diverse": InconsistencyDiverseStrategy,
+    "ppal": ShortlistDiverseStrategy,
     # I over the regions where a branch sees an object, not over the whole image (the background's I
     # dominates the paper's mean while the network is not yet confident).
     "inconsistency-objects": lambda: TopScoreStrategy(
@@ -224,6 +333,26 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "inconsistency-flat": lambda: TopScoreStrategy("inconsistency-flat", lambda s: s.inconsistency_flat),
     "inconsistency-mean": lambda: TopScoreStrategy("inconsistency-mean", lambda s: s.inconsistency_mean),
 }
+
+
+def queue_scores(
+    strategy: Strategy, signals: PoolSignals, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The ``score`` to push per pair so that Label Studio's uncertainty sampling (lowest score first)
+    serves the pool in ``strategy``'s order: ``1 - value`` for a strategy ranking by one absolute signal,
+    else the rank-encoded ``rank / N`` of :meth:`Strategy.order` with a first batch of ``count``. (P,) in
+    [0, 1]."""
+    if strategy.absolute:
+        return np.clip(1.0 - strategy.base_score(signals), 0.0, 1.0)
+    order = strategy.order(signals, count, rng)
+    scores = np.empty(len(order), dtype=np.float64)
+    scores[order] = np.arange(len(order)) / max(len(order), 1)
+    return scores
+
+
+#: The product's default (``ACQUISITION`` in ls_backend/settings.py), chosen on the benchmark's evidence; the
+#: README's active-learning section says why.
+DEFAULT_STRATEGY = "combined"
 
 
 def make_strategy(name: str) -> Strategy:

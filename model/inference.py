@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from model.acquisition import pair_signals
 from model.checkpoint import load_model
 from model.data.dataset import collate_pairs, to_tensors
 from model.data.sample import PairRecord
@@ -46,6 +47,8 @@ class PairPrediction:
     mask: np.ndarray | None = None
     inconsistency_map: np.ndarray | None = None
     branch_scores: np.ndarray | None = None
+    #: Every acquisition signal of the pair (:func:`model.acquisition.pair_signals`), only when asked for.
+    signals: dict[str, float] | None = None
 
 
 @dataclass
@@ -139,6 +142,14 @@ class Predictor:
         scores = pair_scores(output, reduction=self.config.class_reduction, aggregation=self.aggregation)
         return scores, output.embedding.float()
 
+    @torch.inference_mode()
+    def signals_batch(self, rgb: Tensor, thermal: Tensor) -> dict[str, Tensor]:
+        """Every acquisition signal (:func:`model.acquisition.pair_signals`) of a batch, one forward pass:
+        (N,) tensors and the (N, C) ``embedding``, on the device. The simulator scores its pool here."""
+        return pair_signals(
+            self.forward(rgb, thermal), reduction=self.config.class_reduction, aggregation=self.aggregation
+        )
+
     def prepare_batch(
         self,
         pairs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -163,9 +174,20 @@ class Predictor:
         return PreparedBatch(rgb, thermal, [(int(h), int(w)) for h, w in sizes])
 
     @torch.inference_mode()
-    def predict_batch(self, batch: PreparedBatch, *, with_maps: bool = False) -> list[PairPrediction]:
-        """Predictions for a batch made by :meth:`prepare_batch` (one forward pass), in its order."""
-        return self._predict_tensors(batch.rgb, batch.thermal, batch.sizes, with_maps)
+    def predict_batch(
+        self, batch: PreparedBatch, *, with_maps: bool = False, with_signals: bool = False
+    ) -> list[PairPrediction]:
+        """Predictions for a batch made by :meth:`prepare_batch` (one forward pass), in its order; with
+        ``with_signals`` each carries every acquisition signal too (pool scoring for ``ACQUISITION``)."""
+        output = self.forward(batch.rgb, batch.thermal)
+        predictions = self._predict_tensors(batch.rgb, batch.thermal, batch.sizes, with_maps, output=output)
+        if with_signals:
+            reduction = self.config.class_reduction
+            signals = pair_signals(output, reduction=reduction, aggregation=self.aggregation)
+            values = {k: v.float().cpu().numpy() for k, v in signals.items() if k != "embedding"}
+            for i, prediction in enumerate(predictions):
+                prediction.signals = {k: float(v[i]) for k, v in values.items()}
+        return predictions
 
     @torch.inference_mode()
     def predict(
@@ -186,9 +208,14 @@ class Predictor:
         return results
 
     def _predict_tensors(
-        self, rgb: Tensor, thermal: Tensor, original_sizes: list[tuple[int, int]], with_maps: bool
+        self,
+        rgb: Tensor,
+        thermal: Tensor,
+        original_sizes: list[tuple[int, int]],
+        with_maps: bool,
+        output: NetOutput | None = None,
     ) -> list[PairPrediction]:
-        output = self.forward(rgb, thermal)
+        output = self.forward(rgb, thermal) if output is None else output
         reduction = self.config.class_reduction
         scores = pair_scores(output, reduction=reduction, aggregation=self.aggregation).cpu().numpy()
         embeddings = output.embedding.float().cpu().numpy()

@@ -36,12 +36,12 @@ import cv2
 import numpy as np
 
 from model.data.io import save_image, save_jpeg
-from model.data.sample import PairRecord
+from model.data.sample import IGNORE_INDEX, PairRecord
 
 SYNTH_CLASSES: tuple[str, ...] = ("person", "car", "bicycle")
 PERSON, CAR, BICYCLE = 1, 2, 3
 CONDITIONS: tuple[str, ...] = ("clear_day", "dusk", "night", "crossover", "cold_objects", "glare")
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 #: MFNet's label ids for the synthetic classes (car 1, person 2, bike 3).
@@ -135,8 +135,17 @@ class _Object:
     running: bool = False
 
 
-def _draw_object(obj: _Object, rgb: np.ndarray, thermal: np.ndarray, mask: np.ndarray, shade: float) -> None:
-    """Paint one object into the three layers (later objects occlude earlier ones)."""
+def _draw_object(
+    obj: _Object,
+    rgb: np.ndarray,
+    thermal: np.ndarray,
+    mask: np.ndarray,
+    shade: float,
+    instances: np.ndarray | None = None,
+    instance_id: int = 0,
+) -> None:
+    """Paint one object into the three layers (later objects occlude earlier ones), and its ``instance_id``
+    into ``instances`` when given."""
     x1, y1, x2, y2 = obj.box
     w, h = x2 - x1, y2 - y1
     layer = np.zeros(mask.shape, np.uint8)
@@ -180,6 +189,8 @@ def _draw_object(obj: _Object, rgb: np.ndarray, thermal: np.ndarray, mask: np.nd
         rgb[window.astype(bool) & pixels] = np.array([0.15, 0.18, 0.22]) * shade
     thermal[pixels] = obj.temperature
     mask[pixels] = obj.label
+    if instances is not None:
+        instances[pixels] = instance_id
 
 
 def _place_objects(
@@ -312,12 +323,13 @@ def generate_pair(
         rgb[horizon - bh : horizon, bx : bx + bw] = np.array([shade, shade * 0.95, shade * 0.9])
         thermal[horizon - bh : horizon, bx : bx + bw] = look.ground_temp - 0.03
     mask = np.zeros((height, width), np.int64)
+    instances = np.zeros((height, width), np.int32)  # 1 + index in ``objects``, for the visibility rule
 
     decoys = []
     if condition == "glare":  # behind the real objects, which occlude them
         decoys = _draw_decoys(rng, config, condition, size, horizon, rgb, thermal, look)
     objects = _place_objects(rng, config, condition, size, horizon)
-    for obj in objects:
+    for number, obj in enumerate(objects, start=1):
         x1, _, x2, y2 = obj.box
         if look.light > 0.5:  # a soft shadow under each object in daylight
             cv2.ellipse(
@@ -330,7 +342,7 @@ def generate_pair(
                 tuple(float(v) * 0.55 for v in ground),
                 -1,
             )
-        _draw_object(obj, rgb, thermal, mask, shade=1.0)
+        _draw_object(obj, rgb, thermal, mask, shade=1.0, instances=instances, instance_id=number)
 
     if condition == "glare":
         for _ in range(int(rng.integers(1, 3))):  # sun reflections: bright blobs in RGB only
@@ -362,6 +374,7 @@ def generate_pair(
         for _ in range(int(rng.integers(1, 3))):
             cx, cy = int(rng.integers(0, width)), int(rng.integers(0, horizon + 1))
             cv2.circle(rgb, (cx, cy), max(1, width // 60), (0.9, 0.85, 0.6), -1)
+    rgb_clean = rgb
     rgb = rgb + rng.normal(0, config.rgb_noise * look.rgb_noise, size=rgb.shape).astype(np.float32)
     thermal_blur = cv2.GaussianBlur(
         thermal, (0, 0), sigmaX=max(0.5, width / 320)
@@ -373,15 +386,23 @@ def generate_pair(
         dx, dy = (int(v) for v in rng.integers(-shift, shift + 1, size=2))
         thermal = np.roll(thermal, (dy, dx), axis=(0, 1))
 
-    boxes, labels, ignore = [], [], []
-    for obj in objects:
+    boxes, labels, ignore, unseen = [], [], [], []
+    noise = (config.rgb_noise * look.rgb_noise, config.thermal_noise)
+    for number, obj in enumerate(objects, start=1):
         x1, y1, x2, y2 = obj.box
         area = max(1, (x2 - x1) * (y2 - y1))
         visible = int((mask[y1:y2, x1:x2] == obj.label).sum())
         boxes.append(obj.box)
         labels.append(obj.label)
         # Mostly hidden objects are neither misses nor false positives (like KAIST's heavy occlusion).
-        ignore.append(visible < 0.15 * area * (0.35 if obj.label == BICYCLE else 1.0))
+        occluded = visible < 0.15 * area * (0.35 if obj.label == BICYCLE else 1.0)
+        # Nor are objects no annotator could see: below the noise level in both sensors.
+        contrast = object_contrast(rgb_clean, thermal_blur, instances, mask, number)
+        invisible = contrast is not None and contrast[0] < noise[0] and contrast[1] < noise[1]
+        ignore.append(occluded or invisible)
+        unseen.append(invisible)
+        if invisible:  # their pixels are unlabelled for segmentation too, not background
+            mask[instances == number] = IGNORE_INDEX
     return PairRecord(
         pair_id=pair_id,
         rgb=(np.clip(rgb, 0, 1) * 255).round().astype(np.uint8),
@@ -392,8 +413,31 @@ def generate_pair(
         mask=mask,
         condition=condition,
         # Decoys as a list (not an array) so transforms never take them for per-box values.
-        meta={"generator_version": GENERATOR_VERSION, "decoys": decoys},
+        meta={"generator_version": GENERATOR_VERSION, "decoys": decoys, "invisible": unseen},
     )
+
+
+def object_contrast(
+    rgb: np.ndarray, thermal: np.ndarray, instances: np.ndarray, mask: np.ndarray, instance_id: int
+) -> tuple[float, float] | None:
+    """How much one object stands out from its surroundings before sensor noise: (RGB, thermal) absolute
+    difference between the mean over its visible pixels and the mean over a 2-pixel ring around them that
+    no other object covers (RGB: the largest over the channels). None when no pixel of it is visible.
+
+    ``rgb`` (H, W, 3) and ``thermal`` (H, W) as rendered (thermal after the optics' blur), ``instances``
+    (H, W) object numbers, ``mask`` (H, W) class ids (0 background)."""
+    inside = instances == instance_id
+    if not inside.any():
+        return None
+    grown = cv2.dilate(inside.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    ring = grown & (mask == 0)
+    if not ring.any():  # surrounded by other objects: they are its surroundings
+        ring = grown & ~inside
+    if not ring.any():
+        return None
+    rgb_contrast = float(np.abs(rgb[inside].mean(0) - rgb[ring].mean(0)).max())
+    thermal_contrast = float(abs(thermal[inside].mean() - thermal[ring].mean()))
+    return rgb_contrast, thermal_contrast
 
 
 def split_conditions(n: int, seed: int, split: str, config: SyntheticConfig) -> list[str]:

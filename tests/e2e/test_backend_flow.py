@@ -1,11 +1,14 @@
 """The whole product against a real Label Studio: connect the backend, import 20 generated pairs, let Label
 Studio fetch predictions, annotate through the API, see the webhook start training on an RQ worker, a new
 version become current, predictions pushed for the whole pool, and the queue serve the most inconsistent
-unlabelled pair first. Once for detection (rectangles), once for segmentation (brush masks)."""
+unlabelled pair first. Once for detection (rectangles), once for segmentation (brush masks), with the paper's
+score (``ACQUISITION=inconsistency``); once more for detection with the product's default strategy, whose
+rank-encoded scores must make Label Studio serve that strategy's first pick."""
 
 from __future__ import annotations
 
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from ls_backend.processes import BackendServer, Worker, child_env
 from ls_backend.registry import ModelRegistry
 from ls_backend.studio import StudioClient
 from ls_backend.studio_server import free_port
+from model.acquisition import DEFAULT_STRATEGY, PoolSignals, combined_score, make_strategy, queue_scores
 from model.data.io import load_rgb, load_thermal
 from model.inference import Predictor
 from tests.services import redis_url
@@ -38,8 +42,9 @@ REDIS_URL = redis_url()
 
 
 @pytest.fixture
-def backend_stack(label_studio, tmp_path: Path):
-    """`rgbt-al serve` (gunicorn) + one `rgbt-al worker` on the real Redis, with a queue of their own."""
+def backend_stack(label_studio, tmp_path: Path, request):
+    """`rgbt-al serve` (gunicorn) + one `rgbt-al worker` on the real Redis, with a queue of their own;
+    ``ACQUISITION`` from the test's parameter (default: the paper's inconsistency)."""
     if not redis.Redis.from_url(REDIS_URL).ping():  # pragma: no cover - Redis runs on these machines
         pytest.fail(f"Redis at {REDIS_URL} does not answer")
     model_dir = tmp_path / "models"
@@ -58,6 +63,7 @@ def backend_stack(label_studio, tmp_path: Path):
             "RQ_QUEUE": f"e2e-{uuid.uuid4().hex[:8]}",
             "JOB_RETRY_DELAY": "1",
             "DEVICE": "cpu",
+            "ACQUISITION": getattr(request, "param", "inconsistency"),
         }
     )
     backend = BackendServer(free_port(), env=env, log_path=tmp_path / "backend.log", threads=4)
@@ -74,10 +80,15 @@ def _served_version(studio: StudioClient, project_id: int, backend, worker) -> s
     return version if version.startswith("rgbt-v") else None
 
 
-@pytest.mark.parametrize("task", ["detection", "segmentation"])
+@pytest.mark.parametrize(
+    ("task", "backend_stack"),
+    [("detection", "inconsistency"), ("segmentation", "inconsistency"), ("detection", DEFAULT_STRATEGY)],
+    indirect=["backend_stack"],
+)
 def test_annotations_retrain_and_the_queue_serves_the_most_inconsistent_pair(
-    label_studio, backend_stack, task: str
+    label_studio, backend_stack, task: str, request
 ) -> None:
+    acquisition = request.node.callspec.params["backend_stack"]
     backend, worker, registry = backend_stack
     studio = StudioClient(label_studio.url, label_studio.token)
     pairs_dir = label_studio.files_root / f"flow-{task}-{uuid.uuid4().hex[:6]}"
@@ -136,7 +147,19 @@ def test_annotations_retrain_and_the_queue_serves_the_most_inconsistent_pair(
     files = {p.name: p for p in find_pairs(pairs_dir)}
     names = [unlabelled[t]["data"]["pair"] for t in unlabelled]
     images = [(load_rgb(files[n].rgb), load_thermal(files[n].thermal)) for n in names]
-    inconsistency = np.array([p.inconsistency for p in predictor.predict(images)])
-    assert names[int(inconsistency.argmax())] == next_task["data"]["pair"]
+    batch = predictor.prepare_batch(images)
+    predicted = predictor.predict_batch(batch, with_signals=True)
     scores = np.array([fresh[t]["score"] for t in unlabelled])
-    np.testing.assert_allclose(scores, 1.0 - inconsistency, atol=1e-4)
+    if acquisition == "inconsistency":
+        inconsistency = np.array([p.inconsistency for p in predicted])
+        assert names[int(inconsistency.argmax())] == next_task["data"]["pair"]
+        np.testing.assert_allclose(scores, 1.0 - inconsistency, atol=1e-4)
+        return
+    # A pool-relative strategy: rank / N, and the queue serves its first pick.
+    signals = PoolSignals.from_rows([p.signals or {} for p in predicted], [p.embedding for p in predicted])
+    np.testing.assert_allclose(np.sort(scores), np.arange(len(scores)) / len(scores))
+    rng = np.random.default_rng(zlib.crc32(version.encode()))
+    expected = queue_scores(make_strategy(acquisition), signals, ANNOTATED, rng)
+    assert names[int(expected.argmin())] == next_task["data"]["pair"]
+    if acquisition == "combined":  # and independently of queue_scores
+        assert names[int(combined_score(signals).argmax())] == next_task["data"]["pair"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from model.acquisition import compute_signals
+from model.acquisition import DEFAULT_STRATEGY, compute_signals
 from model.active import RESULTS_FILE, SimulationConfig, Simulator, merge_results, simulate
+from model.checkpoint import load_model
 from model.config import NetConfig
 from model.data.dataset import PairDataset
 from model.data.synthetic import GENERATOR_VERSION, SYNTH_CLASSES, SyntheticRGBT
@@ -19,7 +21,7 @@ from model.network import ThreeBranchNet
 from model.report import markdown_summary, summarise
 from model.train import TrainConfig, fit
 
-STRATEGIES = ["random", "inconsistency"]
+STRATEGIES = ["random", "inconsistency", DEFAULT_STRATEGY]
 
 
 def tiny_config(**changes) -> SimulationConfig:
@@ -89,13 +91,17 @@ def test_simulation_writes_results_plots_and_summary(finished):
         assert starts[0]["labelled"] == starts[1]["labelled"] == saved["initial"][str(seed)]["labelled"]
         assert starts[0]["metrics"] == starts[1]["metrics"]
     figure = saved["selected_pairs_figure"]
-    assert len(figure["pair_ids"]) == 2 and figure["inconsistency"] == sorted(figure["inconsistency"])[::-1]
+    assert len(figure["pair_ids"]) == 2 and figure["strategy"] == DEFAULT_STRATEGY
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["strategies"]) == set(STRATEGIES)
     assert summary["inconsistency_vs_random"]["seeds"] == [0, 1]
-    assert set(summary["target"]) == {"labels_half", "auc_every_seed", "met"}
+    assert (summary["protocol"], summary["task"]) == ("cold-start", "detection")
+    assert summary["default_strategy"] == DEFAULT_STRATEGY == summary["target"]["strategy"]
+    assert set(summary["vs_random"]) == set(STRATEGIES) - {"random"}
+    assert summary["vs_random"][DEFAULT_STRATEGY]["seeds"] == [0, 1]
+    assert set(summary["target"]) == {"strategy", "labels_half", "auc_wins", "auc_enough_seeds", "met"}
     text = (out / "summary.md").read_text()
-    for expected in ("| inconsistency |", "| random |", "sign-flip", "Per seed", "Target", "Wall time"):
+    for expected in ("| inconsistency |", "| random |", "sign test", "Per seed", "Target", "Wall time"):
         assert expected in text
 
 
@@ -126,9 +132,9 @@ def test_resume_redoes_only_the_lost_cycle(finished, tmp_path, monkeypatch):
     calls = []
     original = Simulator._train
 
-    def counting(self, model, indices, epochs, steps, seed):
+    def counting(self, model, indices, epochs, steps, seed, dataset=None):
         calls.append(len(indices))
-        return original(self, model, indices, epochs, steps, seed)
+        return original(self, model, indices, epochs, steps, seed, dataset)
 
     monkeypatch.setattr(Simulator, "_train", counting)
     results = Simulator(tiny_config(), out, progress=False, checkpoint_dir=checkpoints, figure_pairs=0).run()
@@ -147,6 +153,49 @@ def test_resume_refuses_other_settings(finished, tmp_path):
     shutil.copytree(source_out, tmp_path / "out")
     with pytest.raises(ValueError, match="other settings"):
         Simulator(tiny_config(budget=16), tmp_path / "out", progress=False, checkpoint_dir=tmp_path / "c")
+
+
+def _weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values() if p.is_floating_point()])
+
+
+def test_warm_start_fine_tunes_every_first_model_from_one_cached_source_model(tmp_path, monkeypatch):
+    config = tiny_config(seeds=[0, 1], strategies=["random"], budget=8, pretrain_size=8, pretrain_steps=2)
+    assert config.protocol == "warm-start" and tiny_config().protocol == "cold-start"
+    starts: list[tuple[str, torch.Tensor]] = []
+    original = Simulator._train
+
+    def recording(self, model, indices, epochs, steps, seed, dataset=None):
+        kind = "source" if dataset is not None else f"pool:{len(indices)}"
+        starts.append((kind, _weights(model).clone()))
+        return original(self, model, indices, epochs, steps, seed, dataset)
+
+    monkeypatch.setattr(Simulator, "_train", recording)
+    checkpoints = tmp_path / "c"
+    results = simulate(config, tmp_path / "out", progress=False, checkpoint_dir=checkpoints, figure_pairs=0)
+    source, _ = load_model(checkpoints / "pretrained.pt")
+    kinds = [kind for kind, _ in starts]
+    assert kinds.count("source") == 1  # trained once, shared by both seeds and the full-data model
+    firsts = [w for kind, w in starts if kind in ("pool:4", "pool:24")]  # initial sets and full data
+    assert len(firsts) == 4  # 2 initial models, 2 full-data models
+    for weights in firsts:
+        assert torch.equal(weights, _weights(source))
+    assert results["protocol"] == "warm-start"
+    assert results["pretrained"]["source"]["pairs"] == 8 and "AP50" in results["pretrained"]["metrics"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["protocol"] == "warm-start" and summary["pretrained"] is not None
+    assert "Warm start" in (tmp_path / "out" / "summary.md").read_text()
+
+    # A second simulation with the same source settings reuses the cache; other settings retrain it.
+    starts.clear()
+    simulate(replace(config, seeds=[2]), tmp_path / "out2", progress=False, checkpoint_dir=checkpoints)
+    assert [kind for kind, _ in starts].count("source") == 0
+    starts.clear()
+    other = replace(config, seeds=[2], pretrain_steps=3)
+    simulate(other, tmp_path / "out3", progress=False, checkpoint_dir=checkpoints, figure_pairs=0)
+    assert [kind for kind, _ in starts].count("source") == 1
+    with pytest.raises(ValueError, match="another generator seed"):
+        tiny_config(pretrain_size=8, pretrain_seed=1234)
 
 
 def test_unknown_strategy_fails_fast():

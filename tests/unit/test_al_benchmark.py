@@ -31,14 +31,18 @@ def test_parallel_parts_are_merged_into_one_report(smoke_run):
     tmp_path, done = smoke_run
     assert done.returncode == 0, done.stdout + done.stderr
     assert "segmentation seed0: exit 0" in done.stdout and "segmentation full: exit 0" in done.stdout
-    folder = tmp_path / "segmentation"
+    folder = tmp_path / "warm-start" / "segmentation"  # the default protocol
     results = json.loads((folder / "results.json").read_text())
+    assert results["protocol"] == "warm-start" and results["pretrained"]["source"]["pairs"] == 16
+    # One source model, trained before the parts, which all start from it.
+    assert (tmp_path / "runs" / "warm-start" / "segmentation" / "pretrained.pt").exists()
+    assert not list((tmp_path / "runs" / "warm-start" / "segmentation" / "parts").glob("*/pretrained.pt"))
     assert results["config"]["seeds"] == [0, 1]
     assert set(results["initial"]) == {"0", "1"} and set(results["full_data"]) == {"0"}
     assert {run["seed"] for run in results["runs"].values()} == {0, 1}
     assert all(run["done"] for run in results["runs"].values())
     assert results["parallel"]["processes"] == 3
-    for name in ("learning_curves.png", "selected_pairs.png", "summary.md"):
+    for name in ("learning_curves.png", "condition_shares.png", "selected_pairs.png", "summary.md"):
         assert (folder / name).stat().st_size > 0, name
     assert "3 parallel processes" in (folder / "summary.md").read_text()
     # A second run finds every part finished: nothing is trained again, the merge is the same.
@@ -75,7 +79,9 @@ def test_readme_section_lists_each_preset_that_has_results(preset, smoke_run, mo
     section = al_synthetic.readme_section(["detection", "segmentation"])
     assert "| inconsistency |" in section
     assert ("paper's sizes, on some-gpu" in section) == (preset == "paper")
-    assert ("#### Active learning" in section) == (preset == "paper")
+    assert ("### Cold start, CPU sizes" in section) == (preset == "cpu")
+    assert "#### Active learning: segmentation on synthetic, cold-start" in section
+    assert "### Warm start" not in section  # no warm-start results in this folder
     text = al_synthetic.rewrite_readme("intro\n", section)
     assert text.startswith("intro") and al_synthetic.START in text and al_synthetic.END in text
     assert al_synthetic.rewrite_readme(text, "new\n").count(al_synthetic.START) == 1

@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
+from model.data.sample import IGNORE_INDEX
 from model.data.synthetic import (
     BICYCLE,
     CAR,
@@ -12,6 +13,7 @@ from model.data.synthetic import (
     SyntheticConfig,
     SyntheticRGBT,
     generate_pair,
+    object_contrast,
 )
 
 
@@ -266,3 +268,38 @@ def test_glare_adds_person_shaped_decoys_seen_by_one_sensor_and_never_labelled()
             agree += warm == (decoy["modality"] == "thermal")  # other glare may overlap a few
     assert total["rgb"] >= 5 and total["thermal"] >= 5
     assert agree >= 0.8 * sum(total.values())
+
+
+def test_object_contrast_measures_the_object_against_its_ring():
+    rgb = np.full((20, 20, 3), 0.5, np.float32)
+    thermal = np.full((20, 20), 0.3, np.float32)
+    instances = np.zeros((20, 20), np.int32)
+    mask = np.zeros((20, 20), np.int64)
+    instances[8:12, 8:12], mask[8:12, 8:12] = 1, PERSON
+    rgb[8:12, 8:12, 1] += 0.04  # one channel differs
+    thermal[8:12, 8:12] -= 0.1
+    rgb_contrast, thermal_contrast = object_contrast(rgb, thermal, instances, mask, 1)
+    assert rgb_contrast == pytest.approx(0.04, abs=1e-6) and thermal_contrast == pytest.approx(0.1, abs=1e-6)
+    assert object_contrast(rgb, thermal, instances, mask, 2) is None  # not drawn (or fully occluded)
+
+
+def test_objects_no_sensor_shows_are_ignore_regions_never_misses():
+    """Objects below the noise level in both RGB and thermal are ignored (boxes) and unlabelled (mask
+    pixels); they occur at night (dark RGB, parked vehicles near the ground's temperature), never by day."""
+    config = SyntheticConfig(min_height=0.25, max_height=0.6)
+    reader = SyntheticRGBT(240, seed=1234, config=config, split="test", image_size=(64, 80))
+    invisible_by_condition = dict.fromkeys(CONDITIONS, 0)
+    for index in range(len(reader)):
+        record = reader[index]
+        flags = record.meta["invisible"]
+        assert len(flags) == len(record.labels)
+        for ignored, invisible in zip(record.ignore, flags, strict=True):
+            if invisible:
+                invisible_by_condition[record.condition] += 1
+                assert ignored
+        assert set(np.unique(record.mask)) <= {0, PERSON, CAR, BICYCLE, IGNORE_INDEX}
+        if any(flags):
+            assert (record.mask == IGNORE_INDEX).any()
+    assert invisible_by_condition["night"] >= 3
+    assert invisible_by_condition["clear_day"] == invisible_by_condition["crossover"] == 0
+    assert invisible_by_condition["glare"] == 0

@@ -88,6 +88,16 @@ def test_coco_false_positive_ranked_above_true_positive():
     assert close(metrics["mAP"], expected)  # exact boxes: same at every IoU threshold
 
 
+def test_coco_undetected_ignore_box_is_not_a_miss():
+    """An ignore region nobody detected (an object no sensor shows) costs no recall."""
+    person, hidden = [0, 0, 10, 10], [100, 100, 150, 150]
+    predictions = [pred([person], [0.8])]
+    ignored = coco_detection_metrics(predictions, [gt([person, hidden], ignore=[False, True])], NAMES)
+    assert close(ignored["AP50"], 1.0)
+    counted = coco_detection_metrics(predictions, [gt([person, hidden])], NAMES)
+    assert counted["AP50"] < 0.6  # counted, the same box is a miss: recall 1/2
+
+
 def test_coco_detection_on_ignore_box_changes_nothing():
     person, crowd = [0, 0, 10, 10], [100, 100, 150, 150]
     predictions = [pred([crowd, person], [0.9, 0.8])]  # the crowd detection ranks first

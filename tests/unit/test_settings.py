@@ -22,6 +22,13 @@ def test_defaults_and_parsing():
     assert settings.torch_compile is True and settings.train_epochs == 3 and settings.train_lr == 0.01
     assert Settings.from_env({}).redis_url == ""
     assert Settings.from_env({}).cache_dir == Path("models/.image-cache")
+    assert Settings.from_env({"ACQUISITION": "ppal"}).acquisition == "ppal"
+
+
+def test_acquisition_default_is_the_benchmark_default():
+    from model.acquisition import DEFAULT_STRATEGY
+
+    assert Settings().acquisition == DEFAULT_STRATEGY
 
 
 @pytest.mark.parametrize(
@@ -33,6 +40,7 @@ def test_defaults_and_parsing():
         ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
         ({"HOLDOUT_FRACTION": "1.5"}, "HOLDOUT_FRACTION"),
         ({"PUSH_PAGE_SIZE": "0"}, "PUSH_PAGE_SIZE"),
+        ({"ACQUISITION": "most-confusing"}, "ACQUISITION must be one of random, inconsistency"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):

@@ -1,0 +1,190 @@
+"""Acquisition strategies and signals: each test fails when a ranking is reversed, a strategy is replaced
+by random, or the simulator's signals leave the backend's inference path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.acquisition import (
+    DEFAULT_STRATEGY,
+    STRATEGIES,
+    InconsistencyDiverseStrategy,
+    PoolSignals,
+    ShortlistDiverseStrategy,
+    TopScoreStrategy,
+    combined_score,
+    compute_signals,
+    kmeans,
+    make_strategy,
+    percentile_rank,
+    queue_scores,
+)
+from model.config import NetConfig
+from model.data.dataset import PairDataset
+from model.data.synthetic import SYNTH_CLASSES, SyntheticRGBT
+from model.data.transforms import eval_transform
+from model.inference import Predictor, score_dataset
+from model.network import ThreeBranchNet
+
+
+def signals(inconsistency, fused_entropy=None, embedding=None, objects=None) -> PoolSignals:
+    inconsistency = np.asarray(inconsistency, dtype=np.float64)
+    n = len(inconsistency)
+    return PoolSignals(
+        inconsistency=inconsistency,
+        inconsistency_flat=inconsistency.copy(),
+        inconsistency_mean=inconsistency.copy(),
+        inconsistency_objects=np.asarray(objects if objects is not None else inconsistency, np.float64),
+        fused_entropy=np.asarray(fused_entropy if fused_entropy is not None else np.zeros(n), np.float64),
+        embedding=np.asarray(embedding if embedding is not None else np.zeros((n, 2)), np.float32),
+    )
+
+
+def two_scenes(rng: np.random.Generator) -> PoolSignals:
+    """A pool where the 6 most inconsistent pairs are near-duplicates of one scene (embedding ~(0, 0)), the
+    7th and 8th most inconsistent are another scene (~(10, 10)), and 12 dull pairs sit at (-10, 5)."""
+    inconsistency = np.concatenate([np.linspace(0.9, 0.8, 6), [0.75, 0.7], np.linspace(0.2, 0.1, 12)])
+    embedding = np.concatenate(
+        [
+            rng.normal(0, 0.01, (6, 2)),
+            rng.normal(10, 0.01, (2, 2)),
+            rng.normal(0, 0.01, (12, 2)) + np.array([-10.0, 5.0]),
+        ]
+    )
+    return signals(inconsistency, fused_entropy=inconsistency, embedding=embedding)
+
+
+def test_percentile_rank_orders_ascending_and_shares_ties():
+    ranks = percentile_rank(np.array([0.3, 0.1, 0.2, 0.2, 0.9]))
+    np.testing.assert_allclose(ranks, [3 / 4, 0.0, 1.5 / 4, 1.5 / 4, 1.0])
+    assert percentile_rank(np.array([5.0])).tolist() == [0.0]
+
+
+def test_kmeans_finds_separated_blobs():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [20.0, 0.0], [0.0, 20.0]])
+    points = np.concatenate([c + rng.normal(0, 0.5, (15, 2)) for c in centres])
+    labels = kmeans(points, 3, np.random.default_rng(1))
+    groups = [set(labels[i * 15 : (i + 1) * 15].tolist()) for i in range(3)]
+    assert all(len(g) == 1 for g in groups)  # each blob is one cluster
+    assert len(set().union(*groups)) == 3  # and the three are different
+
+
+def test_combined_score_mixes_the_two_ranks():
+    # Pair 0 is most inconsistent, pair 1 has the most fused entropy, pair 2 is second on both.
+    s = signals([0.9, 0.0, 0.5, 0.1], fused_entropy=[0.0, 0.9, 0.5, 0.1])
+    score = combined_score(s)
+    np.testing.assert_allclose(score, [0.5, 0.5, 2 / 3, 1 / 3])
+    assert int(np.argmax(score)) == 2
+    # Raw values on different scales do not change it (ranks, not sums).
+    scaled = signals([0.9, 0.0, 0.5, 0.1], fused_entropy=[0.0, 900.0, 500.0, 100.0])
+    np.testing.assert_allclose(combined_score(scaled), score)
+
+
+def test_top_score_strategy_takes_the_highest_first():
+    strategy = TopScoreStrategy("t", lambda s: s.inconsistency)
+    s = signals([0.2, 0.9, 0.1, 0.5, 0.7])
+    rng = np.random.default_rng(0)
+    assert strategy.select(s, 3, rng, 5).tolist() == [1, 4, 3]
+    assert strategy.order(s, 2, rng).tolist() == [1, 4, 3, 0, 2]
+    assert make_strategy("inconsistency").select(s, 2, rng, 5).tolist() == [1, 4]
+    objects = signals([0.9, 0.1, 0.1], objects=[0.0, 0.2, 0.8])
+    assert make_strategy("inconsistency-objects").select(objects, 1, rng, 3).tolist() == [2]
+
+
+def test_inconsistency_diverse_spends_the_batch_on_two_scenes_not_one():
+    s = two_scenes(np.random.default_rng(0))
+    picks = InconsistencyDiverseStrategy(candidate_factor=4).select(s, 2, np.random.default_rng(0), 20)
+    # The most inconsistent pair of each scene (top-2 by I alone would be two duplicates: [0, 1]).
+    assert sorted(picks.tolist()) == [0, 6]
+
+
+def test_ppal_shortlists_by_uncertainty_then_spreads_the_batch():
+    s = two_scenes(np.random.default_rng(0))
+    for seed in range(5):
+        picks = ShortlistDiverseStrategy(candidate_factor=4).select(s, 2, np.random.default_rng(seed), 20)
+        assert picks[0] == 0  # the most uncertain pair first
+        assert picks[1] in (6, 7)  # then the other scene of the shortlist, never a duplicate nor a dull pair
+    order = ShortlistDiverseStrategy().order(s, 2, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(20))
+    assert order[0] == 0 and order[1] in (6, 7)
+    # After the batch, the rest follows the combined score: the 12 dull pairs come last.
+    assert set(order[-12:].tolist()) == set(range(8, 20))
+
+
+def test_strategies_are_not_random():
+    """On a pool whose informative pairs have the highest signals, every model-based strategy labels them;
+    random labels what it draws."""
+    rng = np.random.default_rng(3)
+    n, informative = 200, np.arange(190, 200)
+    inconsistency = rng.uniform(0, 0.3, n)
+    inconsistency[informative] = rng.uniform(0.8, 1.0, 10)
+    embedding = rng.normal(0, 1, (n, 4))
+    s = signals(inconsistency, fused_entropy=inconsistency, embedding=embedding)
+    for name in STRATEGIES:
+        strategy = make_strategy(name)
+        picks = strategy.select(s, 5, np.random.default_rng(0), n)
+        share = np.isin(picks, informative).mean()
+        if name == "random":
+            assert share <= 0.2
+        elif name in ("inconsistency-diverse", "ppal"):  # diversity may trade a little score for spread
+            assert share >= 0.6, name
+        else:
+            assert share == 1, name
+
+
+def test_default_strategy_exists_and_ranks_by_the_whole_pool():
+    strategy = make_strategy(DEFAULT_STRATEGY)
+    assert strategy.needs_model
+    assert not make_strategy("ppal").absolute and not make_strategy("combined").absolute
+    assert make_strategy("inconsistency").absolute
+
+
+@pytest.mark.parametrize("reduction", ["max", "mean"])
+def test_simulator_signals_come_from_the_predictor_path(reduction):
+    """compute_signals (the simulator) gives the scores Predictor gives the backend, with the model's own
+    class reduction."""
+    torch.manual_seed(0)
+    size = (32, 40)
+    config = NetConfig(class_names=SYNTH_CLASSES, width=0.0625, image_size=size, class_reduction=reduction)
+    model = ThreeBranchNet(config).eval()
+    data = PairDataset(SyntheticRGBT(5, seed=0, image_size=size), eval_transform(size))
+    pool = compute_signals(model, data, batch_size=2, device="cpu")
+    # Training goes on in the contiguous layout the predictor switched away from.
+    assert all(p.is_contiguous() for p in model.parameters())
+    scores, embeddings, _ = score_dataset(Predictor(model, "cpu"), data, batch_size=3)
+    np.testing.assert_allclose(pool.inconsistency, scores, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(pool.embedding, embeddings, rtol=1e-5, atol=1e-6)
+    other = pool.inconsistency_mean if reduction == "mean" else pool.inconsistency
+    np.testing.assert_allclose(pool.inconsistency, other)
+    # The backend's predictions carry the same signals.
+    records = [SyntheticRGBT(5, seed=0, image_size=size)[i] for i in range(5)]
+    predictor = Predictor(model, "cpu")
+    batch = predictor.prepare_batch([(r.rgb, r.thermal) for r in records])
+    predicted = predictor.predict_batch(batch, with_signals=True)
+    for i, prediction in enumerate(predicted):
+        assert prediction.signals is not None
+        assert prediction.signals["fused_entropy"] == pytest.approx(pool.fused_entropy[i], rel=1e-4, abs=1e-6)
+        assert prediction.signals["inconsistency"] == pytest.approx(prediction.inconsistency, rel=1e-6)
+    assert all(p.signals is None for p in predictor.predict_batch(batch))
+
+
+def test_queue_scores_make_label_studio_serve_the_strategy_order():
+    """Label Studio serves the lowest score first: ascending scores must follow each strategy's order."""
+    s = two_scenes(np.random.default_rng(0))
+    absolute = queue_scores(make_strategy("inconsistency"), s, 2, np.random.default_rng(0))
+    np.testing.assert_allclose(absolute, 1 - s.inconsistency)
+    combined = queue_scores(make_strategy("combined"), s, 2, np.random.default_rng(0))
+    expected = np.argsort(-combined_score(s), kind="stable")
+    assert np.argsort(combined, kind="stable").tolist() == expected.tolist()
+    assert sorted(combined.tolist()) == [i / 20 for i in range(20)]  # rank / N
+    served = np.argsort(queue_scores(make_strategy("ppal"), s, 2, np.random.default_rng(0)))
+    assert served[0] == 0 and served[1] in (6, 7)  # the diverse first batch, then the rest
+    assert set(served[-12:].tolist()) == set(range(8, 20))
+    names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
+    rows = [{k: float(getattr(s, k)[i]) for k in names} for i in range(20)]
+    rebuilt = PoolSignals.from_rows(rows, list(s.embedding))
+    np.testing.assert_allclose(rebuilt.fused_entropy, s.fused_entropy)
+    np.testing.assert_allclose(rebuilt.embedding, s.embedding)
