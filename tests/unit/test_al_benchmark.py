@@ -72,16 +72,18 @@ def test_readme_section_lists_each_preset_that_has_results(preset, smoke_run, mo
     monkeypatch.setattr(al_synthetic, "RESULTS", tmp_path / "cpu")
     monkeypatch.setattr(al_synthetic, "PAPER_RESULTS", tmp_path / "paper")
     monkeypatch.setattr(al_synthetic, "ROOT", tmp_path)
-    source = smoke_run[0] / "segmentation"  # results this session made, not a committed file
-    target = (tmp_path / "cpu" if preset == "cpu" else tmp_path / "paper" / "some-gpu") / "segmentation"
+    source = smoke_run[0] / "warm-start" / "segmentation"  # results this session made, not committed ones
+    # The smoke run is warm-start: its results go where each preset keeps that protocol.
+    base = tmp_path / "cpu" if preset == "cpu" else tmp_path / "paper" / "some-gpu"
+    target = base / "warm-start" / "segmentation"
     target.mkdir(parents=True)
     (target / "results.json").write_text((source / "results.json").read_text())
     section = al_synthetic.readme_section(["detection", "segmentation"])
     assert "| inconsistency |" in section
     assert ("paper's sizes, on some-gpu" in section) == (preset == "paper")
-    assert ("### Cold start, CPU sizes" in section) == (preset == "cpu")
-    assert "#### Active learning: segmentation on synthetic, cold-start" in section
-    assert "### Warm start" not in section  # no warm-start results in this folder
+    assert ("### Warm start, CPU sizes" in section) == (preset == "cpu")
+    assert "#### Active learning: segmentation on synthetic, warm-start" in section
+    assert "### Cold start" not in section  # no cold-start results in this folder
     text = al_synthetic.rewrite_readme("intro\n", section)
     assert text.startswith("intro") and al_synthetic.START in text and al_synthetic.END in text
     assert al_synthetic.rewrite_readme(text, "new\n").count(al_synthetic.START) == 1
