@@ -94,6 +94,8 @@ class TrainingRequest:
 
 class JobRunner(Protocol):
     settings: Settings
+    #: The job function a training request enqueues.
+    train_job: str
     #: Whether jobs may run in parallel in other processes (pool scoring then splits into shard jobs).
     can_shard: bool
 
@@ -178,6 +180,23 @@ class _ThreadJob:
     state: JobState
     args: tuple[Any, ...]
     depends_on: list[str] = field(default_factory=list)
+
+
+def _enqueue_training(
+    runner: JobRunner, project: str, job_id: str, count: int, threshold: int, until: float
+) -> TrainingRequest:
+    """Enqueue the project's claimed training job, deferred to ``until`` while a failure backoff runs."""
+    deferred = until > time.time()
+    runner.enqueue(
+        runner.train_job,
+        project,
+        job_id=job_id,
+        description=f"train project {project}",
+        not_before=until if deferred else None,
+    )
+    if deferred:
+        return TrainingRequest("deferred", job_id, count, threshold, _iso(until))
+    return TrainingRequest("enqueued", job_id, count, threshold)
 
 
 class ThreadRunner:
@@ -328,17 +347,7 @@ class ThreadRunner:
             self._pending_training[project] = job_id
             self._annotation_counts[project] = 0
             until = self._failures.get(project, (0, 0.0))[1]
-        deferred = until > time.time()
-        self.enqueue(
-            self.train_job,
-            project,
-            job_id=job_id,
-            description=f"train project {project}",
-            not_before=until if deferred else None,
-        )
-        if deferred:
-            return TrainingRequest("deferred", job_id, count, threshold, _iso(until))
-        return TrainingRequest("enqueued", job_id, count, threshold)
+        return _enqueue_training(self, project, job_id, count, threshold, until)
 
     def release_training(self, project: str, job_id: str) -> None:
         with self._lock:
@@ -467,17 +476,7 @@ class RQRunner:
             return TrainingRequest("coalesced", self._live_pending(project), count, threshold)
         self.connection.set(self._count_key(project), 0)
         until = float(self.connection.hget(_backoff_key(self.settings.queue_name, project), "until") or 0)
-        deferred = until > time.time()
-        self.enqueue(
-            self.train_job,
-            project,
-            job_id=job_id,
-            description=f"train project {project}",
-            not_before=until if deferred else None,
-        )
-        if deferred:
-            return TrainingRequest("deferred", job_id, count, threshold, _iso(until))
-        return TrainingRequest("enqueued", job_id, count, threshold)
+        return _enqueue_training(self, project, job_id, count, threshold, until)
 
     #: A claim whose job is not in Redis yet is still being enqueued for this long; older, it is stale.
     CLAIM_GRACE_SECONDS = 60.0

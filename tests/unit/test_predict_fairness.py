@@ -27,6 +27,7 @@ import pytest
 from tests.unit.app_support import (
     AppUnderTest,
     assert_json_error,
+    loopback_server,
     make_app,
     make_settings,
     png_bytes,
@@ -104,18 +105,12 @@ def slow_host() -> Iterator[SlowHost]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state
-    finally:
-        state.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with loopback_server(Handler) as port:
+        state.port = port
+        try:
+            yield state
+        finally:
+            state.release.set()  # held requests finish before the server shuts down
 
 
 def _app(tmp_path: Path, host: SlowHost, **overrides: Any) -> AppUnderTest:

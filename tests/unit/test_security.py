@@ -12,7 +12,6 @@ import http.server
 import logging
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tests.unit.app_support import (
     PROJECT_ID,
     AppUnderTest,
     assert_json_error,
+    loopback_server,
     make_app,
     make_settings,
     png_bytes,
@@ -92,17 +92,9 @@ def listener(reply: tuple[int, bytes] = (404, b"not found")) -> Iterator[Listene
 
         do_GET = do_POST = _answer
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with loopback_server(Handler) as port:
+        state.port = port
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def setup(app: AppUnderTest, hostname: str, token: str = "", project: str = PROJECT):
