@@ -204,7 +204,8 @@ class ModelRegistry:
             info = VersionInfo(
                 project=project,
                 version=f"rgbt-v{number}-{stamp}",
-                created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                # Microseconds: lost webhooks are reconciled against annotation times (backend._reconcile).
+                created_at=datetime.now(UTC).isoformat(timespec="microseconds"),
                 parent=parent,
                 metrics=metrics or {},
                 num_train_tasks=num_train_tasks,

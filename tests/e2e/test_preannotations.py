@@ -82,7 +82,9 @@ def test_backend_connected_through_api_ml_alone_starts_from_checkpoint_and_order
     with backend, worker:
         backend.wait_ready()
         # What Settings > Model > Connect does: POST /api/ml. No `rgbt-al project`, no sampling change.
-        studio.connect_ml_backend(project_id, backend.url, "rgbt-al")
+        # The backend requires basic auth by default: the connection carries its credentials.
+        user, password = backend.auth
+        studio.connect_ml_backend(project_id, backend.url, "rgbt-al", auth_user=user, auth_pass=password)
 
         def served() -> str | None:
             backend.check_alive()
@@ -161,7 +163,7 @@ def test_gate_rejection_and_rollback(label_studio, studio: StudioClient, tmp_pat
             p["task"]: p for p in studio.list_predictions(project_id=project_id) if p["model_version"] == v2
         }
         assert set(pushed) == unlabelled
-        assert all(p["result"] == [] and 0.0 < p["score"] < 1.0 for p in pushed.values())
+        assert all(p["result"] == [] and 0.0 <= p["score"] < 1.0 for p in pushed.values())  # rank / N: from 0
         assert "PREANNOTATION_MIN_METRIC 1.01" in context.policy(context.registry.info(key, v2)).reason
 
         # A worse version (here: a tolerance no version can meet) is kept as rejected; v2 keeps serving.

@@ -473,9 +473,9 @@ def test_ml_backend_connect_retrieve_predictions_and_train(
     assert all(r["type"] == "rectanglelabels" for r in prediction["result"])
 
     # Label Studio passes "Start training" on to the backend, which queues a training job for the project.
-    assert requests.get(f"{ml_backend}/jobs", timeout=10).json()["jobs"] == []
+    assert requests.get(f"{ml_backend}/jobs", auth=BACKEND_AUTH, timeout=10).json()["jobs"] == []
     studio.train(connected["id"])
-    jobs = requests.get(f"{ml_backend}/jobs", timeout=10).json()["jobs"]
+    jobs = requests.get(f"{ml_backend}/jobs", auth=BACKEND_AUTH, timeout=10).json()["jobs"]
     assert [j["description"] for j in jobs] == [f"train project {project_id}"], jobs
 
     with pytest.raises(StudioError) as info:
