@@ -4,7 +4,7 @@ It stands in for "the model from last season's data": another seed than the demo
 condition mix, so the demo's project starts from a model that already detects (its first version) and the
 annotations fine-tune it, as a real user would start from a model trained on KAIST, FLIR or LLVIP.
 
-Reproduce the shipped file (about 10 minutes on an idle 2-core CPU)::
+Reproduce the shipped file (2,400 steps: about 25 minutes on a 2-core CPU shared with a test run)::
 
     nice -n 10 python -m model.starter --out model/pretrained/synthetic_detection.pt
 
@@ -46,11 +46,11 @@ class StarterRecipe:
     """Everything that decides the starter model (recorded next to it)."""
 
     seed: int = 1  # the demo's pool uses seed 0
-    train_pairs: int = 640
+    train_pairs: int = 1600
     val_pairs: int = 150
     image_size: tuple[int, int] = (128, 160)
     width: float = 0.125
-    epochs: int = 14  # 40 steps each; a checkpoint after every epoch, so an interrupted run resumes
+    epochs: int = 24  # 100 steps each; a checkpoint after every epoch, so an interrupted run resumes
     batch_size: int = 16
     lr: float = 2e-3
     condition_shares: dict[str, float] = field(default_factory=lambda: dict(SOURCE_MIX))
