@@ -206,7 +206,8 @@ def _class_score(scores: Mapping[int, float] | npt.ArrayLike | None, class_id: i
         value = scores.get(class_id)
         return None if value is None else float(value)
     array = np.asarray(scores).reshape(-1)
-    return float(array[class_id]) if class_id < len(array) else None
+    value = float(array[class_id]) if class_id < len(array) else math.nan
+    return value if math.isfinite(value) else None
 
 
 def mask_to_results(
@@ -214,6 +215,7 @@ def mask_to_results(
     schema: ProjectSchema,
     class_names: Sequence[str],
     scores: Mapping[int, float] | npt.ArrayLike | None = None,
+    branch_scores: npt.ArrayLike | None = None,
 ) -> tuple[list[Result], set[str]]:
     """A class-id mask -> one region per class present.
 
@@ -226,6 +228,8 @@ def mask_to_results(
         schema: the project's schema.
         class_names: the model's foreground classes.
         scores: optional per-class confidence, indexed by class id (a mapping or an array of C + 1).
+        branch_scores: optional (C + 1, 2) visible and thermal confidence of each class id; with ``scores``,
+            each region's meta text ("RGB 0.12 · thermal 0.91 · fused 0.85"), as for boxes.
 
     Returns:
         (results, unknown): ``unknown`` holds the classes present in the mask that the config lacks.
@@ -240,6 +244,7 @@ def mask_to_results(
         raise ValueError(f"masks need a BrushLabels or PolygonLabels control, the project has {tag}")
     results: list[Result] = []
     unknown: set[str] = set()
+    branches = None if branch_scores is None else np.asarray(branch_scores, dtype=np.float64).reshape(-1, 2)
     for class_id in (int(c) for c in np.unique(mask_a)):
         if class_id == 0:
             continue
@@ -250,6 +255,10 @@ def mask_to_results(
             continue
         binary = (mask_a == class_id).astype(np.uint8)
         score = _class_score(scores, class_id)
+        explained = branches is not None and score is not None and class_id < len(branches)
+        meta = None
+        if explained and np.isfinite(branches[class_id]).all():
+            meta = {"text": [meta_text(*branches[class_id], score)]}
         if tag == "BrushLabels":
             # mask2rle repeats each value into the 4 RGBA channels; 255 = opaque = painted.
             value = {"format": "rle", "rle": mask2rle(binary * 255), "brushlabels": [names[class_id]]}
@@ -262,6 +271,8 @@ def mask_to_results(
             result["value"] = value
             if score is not None:
                 result["score"] = score
+            if meta is not None:
+                result["meta"] = meta
             results.append(result)
     return results, unknown
 
@@ -323,8 +334,19 @@ def prediction_payload(
     else:
         if prediction.mask is None:
             raise ValueError("a segmentation prediction without a mask")
+        # Per class id: the visible, thermal and fused branches' mean probability inside the class's mask.
+        class_scores = getattr(prediction, "class_branch_scores", None)
+        by_class = None if class_scores is None else np.asarray(class_scores, dtype=np.float64).reshape(-1, 3)
         result, unknown = (
-            mask_to_results(prediction.mask, schema, class_names) if policy.send else ([], set())
+            mask_to_results(
+                prediction.mask,
+                schema,
+                class_names,
+                scores=None if by_class is None else by_class[:, 2],
+                branch_scores=None if by_class is None else by_class[:, :2],
+            )
+            if policy.send
+            else ([], set())
         )
     inconsistency = float(prediction.inconsistency)
     if math.isfinite(inconsistency):

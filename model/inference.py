@@ -36,7 +36,10 @@ class PairPrediction:
     (segmentation); ``inconsistency`` the pair's score I in [0, 1]; ``embedding`` (C,) fused features;
     ``inconsistency_map`` (H, W) per-pixel (segmentation) or None, only when asked for;
     ``branch_scores`` (M, 2) the visible and thermal branches' confidence in each detection's class at the
-    default box it was decoded from (detection), so a region shows which sensor saw it.
+    default box it was decoded from (detection), so a region shows which sensor saw it;
+    ``class_branch_scores`` (C + 1, 3) for each class id, the visible, thermal and fused branches' mean
+    probability of that class over the pixels the fused branch gives it, at the network's resolution
+    (segmentation; NaN for a class it gives no pixel), the same explanation for a mask's regions.
     """
 
     inconsistency: float
@@ -47,6 +50,7 @@ class PairPrediction:
     mask: np.ndarray | None = None
     inconsistency_map: np.ndarray | None = None
     branch_scores: np.ndarray | None = None
+    class_branch_scores: np.ndarray | None = None
     #: Every acquisition signal of the pair (:func:`model.acquisition.pair_signals`), only when asked for.
     signals: dict[str, float] | None = None
 
@@ -248,6 +252,8 @@ class Predictor:
             return results
         logits = output.fused.cls_logits[0].float()
         maps = inconsistency_maps(output, reduction=reduction)[0] if with_maps else None
+        branch_logits = [output.branch(name).cls_logits[0] for name in ("visible", "thermal", "fused")]
+        class_branch_scores = mean_class_probabilities(branch_logits, logits.argmax(dim=1)).cpu().numpy()
         for i, (orig_h, orig_w) in enumerate(original_sizes):
             # Class ids at the original size without C full-size logit maps (4 GB for 64 classes at 4000^2).
             mask = upsample_class_ids(logits[i], (orig_h, orig_w))
@@ -269,9 +275,29 @@ class Predictor:
                     labels=np.zeros((0,), np.int64),
                     mask=mask.cpu().numpy(),
                     inconsistency_map=inconsistency_map,
+                    class_branch_scores=class_branch_scores[i],
                 )
             )
         return results
+
+
+def mean_class_probabilities(branch_logits: list[Tensor], class_ids: Tensor) -> Tensor:
+    """Each branch's mean softmax probability of each class over the pixels ``class_ids`` gives that class.
+
+    Args:
+        branch_logits: per branch, (N, K, h, w) logits over K class ids (0 = background).
+        class_ids: (N, h, w) the class id of every pixel (the fused branch's argmax).
+
+    Returns:
+        (N, K, len(branch_logits)); NaN for a class no pixel of that pair has.
+    """
+    classes = branch_logits[0].shape[1]
+    members = torch.nn.functional.one_hot(class_ids, classes).permute(0, 3, 1, 2).float()  # (N, K, h, w)
+    pixels = members.sum(dim=(2, 3))  # (N, K)
+    sums = torch.stack(
+        [(logits.float().softmax(dim=1) * members).sum(dim=(2, 3)) for logits in branch_logits], dim=-1
+    )
+    return sums / pixels.unsqueeze(-1)  # 0 / 0 = NaN where the class is absent
 
 
 def export_path(checkpoint: str | Path) -> Path:

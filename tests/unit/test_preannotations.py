@@ -26,7 +26,7 @@ from model.data.dataset import PairDataset
 from model.data.memory import InMemoryReader
 from model.data.sample import PairRecord
 from model.data.transforms import train_transform
-from model.inference import PairPrediction
+from model.inference import PairPrediction, Predictor, mean_class_probabilities
 from model.metrics import calibrate_thresholds, thresholded_counts
 from model.network import ThreeBranchNet
 from model.train import NonFiniteLossError, TrainConfig, fit
@@ -107,6 +107,67 @@ def test_region_policy_applies_class_thresholds_cap_and_meta_text():
     assert [r["score"] for r in payload["result"]] == pytest.approx([0.9, 0.85, 0.6])
     assert payload["result"][0]["meta"] == {"text": ["RGB 0.12 · thermal 0.91 · fused 0.90"]}
     assert payload["score"] == pytest.approx(0.75)
+
+
+BRUSH_CONFIG = """<View>
+  <Image name="rgb" value="$rgb"/><Image name="thermal" value="$thermal"/>
+  <BrushLabels name="brush" toName="rgb"><Label value="road"/><Label value="car"/></BrushLabels>
+</View>"""
+
+
+def test_mean_class_probabilities_average_each_branch_inside_each_class():
+    """Two pixels of class 1, one of class 2, none of class 0: each branch's probability of the pixel's own
+    class, averaged per class; the absent class is NaN."""
+    ids = torch.tensor([[[1, 1, 2]]])  # (N=1, h=1, w=3)
+    probabilities = torch.tensor(
+        [  # (K=3, h, w): per pixel, the class probabilities
+            [[[0.1, 0.3, 0.2]], [[0.8, 0.4, 0.1]], [[0.1, 0.3, 0.7]]],
+            [[[0.5, 0.2, 0.5]], [[0.2, 0.6, 0.4]], [[0.3, 0.2, 0.1]]],
+        ]
+    )
+    logits = [probabilities[0][None].log(), probabilities[1][None].log()]
+    means = mean_class_probabilities(logits, ids)
+    assert means.shape == (1, 3, 2)
+    assert torch.isnan(means[0, 0]).all()
+    np.testing.assert_allclose(means[0, 1].numpy(), [0.6, 0.4], atol=1e-6)
+    np.testing.assert_allclose(means[0, 2].numpy(), [0.7, 0.1], atol=1e-6)
+
+
+def test_mask_regions_explain_themselves_from_each_branch():
+    """A segmentation prediction's brush regions carry the fused mean probability as their score and the
+    visible / thermal / fused means as meta text; a class without finite figures gets neither."""
+    torch.manual_seed(0)
+    config = NetConfig(task="segmentation", class_names=("road", "car"), **SMALL)
+    predictor = Predictor(ThreeBranchNet(config).eval(), "cpu")
+    rng = np.random.default_rng(0)
+    pair = (rng.integers(0, 256, (64, 80, 3), dtype=np.uint8), rng.integers(0, 256, (64, 80), dtype=np.uint8))
+    prediction = predictor.predict([pair])[0]
+    assert prediction.class_branch_scores is not None and prediction.class_branch_scores.shape == (3, 3)
+    present = sorted(int(c) for c in np.unique(prediction.mask) if c != 0)
+    assert present, "the random network gives some pixels a foreground class"
+    batch = predictor.prepare_batch([pair])
+    output = predictor.forward(batch.rgb, batch.thermal)
+    for column, branch in enumerate(("visible", "thermal", "fused")):
+        probabilities = output.branch(branch).cls_logits[0].float().softmax(dim=1)[0].numpy()  # (K, 64, 80)
+        for class_id in present:  # the image is the network's size: the mask is the fused argmax itself
+            inside = prediction.mask == class_id
+            expected = probabilities[class_id][inside].mean()
+            assert prediction.class_branch_scores[class_id, column] == pytest.approx(expected, abs=1e-5)
+    payload, _ = prediction_payload(
+        prediction, schema_from_config(BRUSH_CONFIG), ("road", "car"), "v", image_size=(64, 80)
+    )
+    labels = {"road": 1, "car": 2}
+    for region in payload["result"]:
+        visible, thermal, fused = prediction.class_branch_scores[labels[region["value"]["brushlabels"][0]]]
+        assert region["score"] == pytest.approx(fused)
+        assert region["meta"] == {"text": [f"RGB {visible:.2f} · thermal {thermal:.2f} · fused {fused:.2f}"]}
+    assert len(payload["result"]) == len(present)
+
+    prediction.class_branch_scores[:, :] = np.nan
+    payload, _ = prediction_payload(
+        prediction, schema_from_config(BRUSH_CONFIG), ("road", "car"), "v", image_size=(64, 80)
+    )
+    assert payload["result"] and all("meta" not in r and "score" not in r for r in payload["result"])
 
 
 def test_gate_keeps_the_score_and_withholds_regions():
