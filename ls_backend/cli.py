@@ -429,13 +429,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # One line per HTTP request to Label Studio drowns what matters; errors still surface as exceptions.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    # The interrupt clause encloses the error clause: a SIGTERM that lands while an error is being reported
+    # is still an interrupt (as sibling clauses, it escaped main and Python died of SIGINT, exit -2).
     try:
-        return int(args.func(args) or 0)
-    except (CommandError, SettingsError) as error:
-        print(f"rgbt-al {args.command}: {error}", file=sys.stderr)
-        return 2
+        try:
+            return int(args.func(args) or 0)
+        except (CommandError, SettingsError) as error:
+            print(f"rgbt-al {args.command}: {error}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        # The command is over: a SIGTERM from here to the exit has nothing left to stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover

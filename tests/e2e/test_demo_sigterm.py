@@ -58,7 +58,8 @@ def test_demo_stops_its_worker_and_servers_on_sigterm(tmp_path: Path) -> None:
         left = wait_gone(started, timeout=60)
         kill_all(left)
         assert left == set(), f"still running after SIGTERM: {sorted(left)}"
-        assert code == 0 and "[demo] stopping" in demo.log_path.read_text()
+        log = demo.log_path.read_text(errors="replace")
+        assert code == 0 and "[demo] stopping" in log, f"exit {code}; the demo's log ends:\n{log[-3000:]}"
     connection = Redis.from_url(SHARED_REDIS_URL)
     from rq import Worker as RQWorker
 
