@@ -1,11 +1,16 @@
+import fcntl
 import json
+import logging
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ls_backend.registry import ModelRegistry, ProjectInfo, RegistryError
+from model.checkpoint import read_checkpoint, save_checkpoint
 from model.config import NetConfig
+from model.inference import export_path
 from model.network import ThreeBranchNet
 
 
@@ -100,3 +105,142 @@ def test_current_is_none_before_the_first_version(tmp_path: Path):
     info = registry.publish("3", tiny())
     current = registry.current("3")
     assert current is not None and current.version == info.version
+
+
+def test_publish_records_what_it_is_given_and_the_status_it_gets(tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "models" / "nested")  # a root that does not exist yet
+    info = registry.publish(
+        "5",
+        tiny(),
+        metrics={"AP50": 0.4},
+        num_train_tasks=7,
+        thresholds={"person": 0.6},
+        baseline={"AP50": 0.3},
+        note="better than the starter",
+    )
+    stored = registry.info("5", info.version)
+    assert stored == info
+    assert (stored.project, stored.class_names, stored.task, stored.status) == (
+        "5",
+        ["person", "car"],
+        "detection",
+        "accepted",
+    )
+    assert (stored.metrics, stored.num_train_tasks, stored.thresholds, stored.baseline, stored.note) == (
+        {"AP50": 0.4},
+        7,
+        {"person": 0.6},
+        {"AP50": 0.3},
+        "better than the starter",
+    )
+    assert datetime.fromisoformat(stored.created_at).utcoffset() == timedelta(0)
+    # The checkpoint file names its version, so a copy taken out of the registry still says which it is.
+    assert read_checkpoint(registry.checkpoint_path("5", info.version))["extra"] == {"version": info.version}
+    rejected = registry.publish("5", tiny(), make_current=False)
+    assert rejected.status == "rejected" and registry.current_version("5") == info.version
+    assert (
+        rejected.metrics,
+        rejected.num_train_tasks,
+        rejected.thresholds,
+        rejected.baseline,
+        rejected.note,
+    ) == ({}, 0, {}, {}, "")
+    initial = registry.publish("5", tiny(), status="initial")
+    assert initial.status == "initial" and registry.current_version("5") == initial.version
+    model, loaded = registry.load("5", info.version)  # an older version on request, not the current one
+    assert loaded == info and model.config.class_names == ("person", "car")
+
+
+def test_versions_are_numbered_and_listed_as_numbers_not_text(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    model = tiny()
+    for _ in range(11):
+        registry.publish("1", model)
+    versions = [v.version for v in registry.versions("1")]
+    assert [int(name.split("-")[1][1:]) for name in versions] == list(range(1, 12))  # v10, v11 after v9
+    assert registry.prune("1", keep=10) == versions[:1]  # the oldest goes, not v10
+
+
+def test_publish_holds_the_project_lock_while_it_writes(tmp_path: Path, monkeypatch):
+    registry = ModelRegistry(tmp_path)
+    registry.publish("6", tiny())
+    probed = []
+
+    def probe(*args, **kwargs):
+        with open(tmp_path / "6" / ".lock", "a") as other, pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another worker would wait here
+        probed.append(True)
+        return save_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr("ls_backend.registry.save_checkpoint", probe)
+    registry.publish("6", tiny())
+    assert probed == [True]
+    with open(tmp_path / "6" / ".lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released afterwards
+
+
+def test_export_is_stored_beside_the_checkpoint_and_a_failed_one_only_warns(
+    tmp_path: Path, monkeypatch, caplog
+):
+    # The real exporter (16 s here) is exercised in test_engines.py; this checks the registry's wiring.
+    registry = ModelRegistry(tmp_path)
+    model = tiny()
+    calls = []
+
+    def export(exported, path):
+        calls.append(exported)
+        Path(path).write_bytes(b"onnx")
+
+    monkeypatch.setattr("ls_backend.registry.export_onnx", export)
+    plain = registry.publish("1", model)
+    assert calls == [] and not export_path(registry.checkpoint_path("1", plain.version)).exists()
+    exported = registry.publish("1", model, export=True)
+    assert calls == [model]
+    assert export_path(registry.checkpoint_path("1", exported.version)).read_bytes() == b"onnx"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr("ls_backend.registry.export_onnx", broken)
+    with caplog.at_level(logging.WARNING, logger="ls_backend.registry"):
+        failed = registry.publish("1", model, export=True)
+    assert registry.current_version("1") == failed.version
+    assert not export_path(registry.checkpoint_path("1", failed.version)).exists()
+    (record,) = [r for r in caplog.records if r.name == "ls_backend.registry"]
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"version {failed.version}: ONNX export failed, it will be served by torch: exporter crashed"
+    )
+
+
+def test_claim_init_records_the_starting_checkpoint_once(tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "fresh")
+    assert registry.claim_init("8", "/checkpoints/a.pt")
+    assert not registry.claim_init("8", "/checkpoints/b.pt")
+    assert json.loads((tmp_path / "fresh" / "8" / "init.json").read_text()) == {
+        "checkpoint": "/checkpoints/a.pt"
+    }
+
+
+def test_history_keeps_pruned_versions_and_skips_a_line_cut_by_a_crash(tmp_path: Path):
+    registry = ModelRegistry(tmp_path)
+    assert registry.history("2") == []
+    first = registry.publish("2", tiny(), metrics={"AP50": 0.1})
+    with open(tmp_path / "2" / "history.jsonl", "a") as handle:
+        handle.write('{"project": "2", "vers\n')  # a worker killed mid-write
+    second = registry.publish("2", tiny(), make_current=False, note="worse")
+    assert registry.prune("2", keep=0) == [second.version]
+    assert [v.version for v in registry.versions("2")] == [first.version]
+    assert registry.history("2") == [first, second]
+
+
+def test_projects_lists_project_folders_only(tmp_path: Path):
+    registry = ModelRegistry(tmp_path / "absent")
+    assert registry.projects() == []
+    assert registry.project("9") is None
+    registry.save_project(ProjectInfo(project="9", label_config="<View/>"))
+    (tmp_path / "absent" / "notes.txt").write_text("not a project")
+    (tmp_path / "absent" / "not a key").mkdir()
+    assert registry.projects() == ["9"]
+    with pytest.raises(RegistryError, match="no model version"):
+        registry.info("9", "rgbt-v1-20260101T000000")
