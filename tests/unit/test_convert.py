@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 from ls_backend.convert import (
+    RegionPolicy,
     annotation_to_target,
     class_names_from_schema,
     detections_to_results,
@@ -312,3 +313,116 @@ def test_prediction_payload_scores_most_inconsistent_lowest() -> None:
         image_size=(4, 4),
     )
     assert payload["score"] == 1.0 and payload["result"][0]["type"] == "brushlabels"
+
+
+@dataclass
+class BranchPrediction(FakePrediction):
+    branch_scores: np.ndarray | None = None
+
+
+def test_region_policy_thresholds_by_class_cap_and_order() -> None:
+    policy = RegionPolicy(thresholds={"person": 0.55}, fallback=0.45, max_regions=3)
+    assert policy.threshold("person") == 0.55 and policy.threshold("car") == 0.45
+    assert policy.lowest_threshold == 0.45
+    assert RegionPolicy(thresholds={"person": 0.2, "car": 0.6}).lowest_threshold == 0.2
+    scores = np.array([0.5, 0.9, 0.55, 0.85, 0.6, 0.44, 0.99])
+    labels = np.array([1, 2, 1, 1, 1, 2, 3])  # class 3 is not the model's: never sent
+    # person >= 0.55: 0.55, 0.85, 0.6; car >= 0.45: 0.9; the 3 most confident, highest first.
+    assert policy.select(scores, labels, ("person", "car")).tolist() == [1, 3, 4]
+    assert RegionPolicy(fallback=0.55).select(scores, labels, ("person", "car")).tolist() == [1, 3, 4, 2]
+    ties = RegionPolicy(fallback=0.0, max_regions=40).select(
+        np.array([0.5, 0.7] * 20), np.ones(40, int), ("a",)
+    )
+    assert ties.tolist() == [*range(1, 40, 2), *range(0, 40, 2)]  # equal scores keep their order
+    assert RegionPolicy(send=False).select(scores, labels, ("person", "car")).tolist() == []
+    assert RegionPolicy().select(scores, labels, ("person", "car")).dtype == np.int64
+
+
+def test_detections_carry_each_branch_confidence_as_meta_text() -> None:
+    boxes = np.array([[0, 0, 64, 64], [64, 64, 128, 128]], np.float32)
+    results, _ = detections_to_results(
+        boxes,
+        [0.9, 0.456],
+        [1, 2],
+        (H, W),
+        DETECTION,
+        ("person", "car"),
+        np.array([[0.12, 0.91], [0.5, 0.0]]),
+    )
+    assert [r["meta"] for r in results] == [
+        {"text": ["RGB 0.12 · thermal 0.91 · fused 0.90"]},
+        {"text": ["RGB 0.50 · thermal 0.00 · fused 0.46"]},
+    ]
+    plain, _ = detections_to_results(boxes, [0.9, 0.5], [1, 2], (H, W), DETECTION, ("person", "car"))
+    assert all("meta" not in r for r in plain)
+
+
+def test_detections_drop_nan_and_report_ids_beyond_the_model() -> None:
+    boxes = np.array([[0, 0, 10, 10], [np.nan, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    results, unknown = detections_to_results(
+        boxes, [np.nan, 0.8, 0.7, 0.6], [1, 1, 7, 1], (H, W), DETECTION, ("person", "car")
+    )
+    assert [r["score"] for r in results] == pytest.approx([0.6])
+    assert unknown == {"<class id 7>"}
+    with pytest.raises(ValueError, match="differ in length: 2, 1, 2"):
+        detections_to_results(boxes[:2], [0.5], [1, 1], (H, W), DETECTION, ("person", "car"))
+
+
+def test_prediction_payload_applies_the_policy_and_passes_branch_scores_along() -> None:
+    prediction = BranchPrediction(
+        0.2,
+        np.array([[0, 0, 10, 10], [10, 10, 20, 20], [20, 20, 30, 30]], np.float32),
+        np.array([0.3, 0.9, 0.6]),
+        np.array([1, 2, 1]),
+        branch_scores=np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]),
+    )
+    policy = RegionPolicy(fallback=0.5, max_regions=5)
+    payload, _ = prediction_payload(
+        prediction, DETECTION, ("person", "car"), "v2", image_size=(H, W), policy=policy
+    )
+    assert [r["score"] for r in payload["result"]] == pytest.approx([0.9, 0.6])
+    assert [r["meta"]["text"] for r in payload["result"]] == [
+        ["RGB 0.30 · thermal 0.40 · fused 0.90"],
+        ["RGB 0.50 · thermal 0.60 · fused 0.60"],
+    ]
+    assert payload["result"][0]["value"]["x"] == pytest.approx(10 / W * 100)
+    # Without a policy every region goes, a negative confidence too.
+    prediction.scores = np.array([-0.5, 0.9, 0.6])
+    payload, _ = prediction_payload(prediction, DETECTION, ("person", "car"), "v2", image_size=(H, W))
+    assert len(payload["result"]) == 3
+    # I outside [0, 1] from rounding is clipped; a non-finite I ranks the task last.
+    for inconsistency, score in ((1.5, 0.0), (-0.25, 1.0), (float("inf"), 1.0), (float("nan"), 1.0)):
+        prediction.inconsistency = inconsistency
+        payload, _ = prediction_payload(prediction, DETECTION, ("person", "car"), "v2", image_size=(H, W))
+        assert payload["score"] == score
+
+
+def test_segmentation_payload_needs_a_mask_and_follows_the_gate() -> None:
+    mask = np.zeros((4, 4), np.int64)
+    mask[:2] = 1
+    prediction = FakePrediction(0.5, np.zeros((0, 4)), np.zeros(0), np.zeros(0), mask)
+    payload, _ = prediction_payload(prediction, BRUSH, ("road",), "v1", image_size=(4, 4))
+    assert [r["value"]["brushlabels"] for r in payload["result"]] == [["road"]]
+    gated, unknown = prediction_payload(
+        prediction, BRUSH, ("road",), "v1", image_size=(4, 4), policy=RegionPolicy(send=False, reason="gate")
+    )
+    assert gated == {"result": [], "score": 0.5, "model_version": "v1"} and unknown == set()
+    prediction.mask = None
+    with pytest.raises(ValueError, match="without a mask"):
+        prediction_payload(prediction, BRUSH, ("road",), "v1", image_size=(4, 4))
+
+
+def test_mask_scores_from_an_array_or_a_mapping() -> None:
+    mask = np.zeros((6, 6), np.int64)
+    mask[:3] = 1
+    mask[3:] = 2
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), scores=np.array([0.0, 0.7, 0.4]))
+    assert [r["score"] for r in results] == pytest.approx([0.7, 0.4])
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), scores=np.array([0.0, 0.7]))  # no class 2
+    assert [r.get("score") for r in results] == [pytest.approx(0.7), None]
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), scores={2: 0.25})
+    assert [r.get("score") for r in results] == [None, 0.25]
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"))
+    assert all("score" not in r for r in results)
+    with pytest.raises(ValueError, match=r"mask must be \(H, W\), got shape \(6,\)"):
+        mask_to_results(mask[0], BRUSH, ("road", "car"))
