@@ -426,3 +426,43 @@ def test_mask_scores_from_an_array_or_a_mapping() -> None:
     assert all("score" not in r for r in results)
     with pytest.raises(ValueError, match=r"mask must be \(H, W\), got shape \(6,\)"):
         mask_to_results(mask[0], BRUSH, ("road", "car"))
+
+
+def test_mask_regions_explain_themselves_when_both_confidences_are_known() -> None:
+    mask = np.zeros((6, 6), np.int64)
+    mask[:2] = 1
+    mask[2:4] = 2
+    mask[4:, :3] = 3
+    mask[4:, 3:] = 4
+    branches = np.array([[0, 0], [0.1, 0.2], [0.3, np.nan], [0.5, 0.6], [0.7, 0.8]])
+    scores = np.array([0.0, 0.9, 0.8, np.nan, 0.45])
+    results, _ = mask_to_results(mask, POLYGON, ("road", "car", "sky", "bus"), scores, branches)
+    # A NaN branch confidence (class 2): no meta.
+    assert [(r.get("score"), r.get("meta")) for r in results] == [
+        (pytest.approx(0.9), {"text": ["RGB 0.10 · thermal 0.20 · fused 0.90"]}),
+        (pytest.approx(0.8), None),
+    ]  # sky and bus are not labels of the config
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), scores, branches[:2])  # no branch for class 2
+    assert [r.get("meta") for r in results] == [{"text": ["RGB 0.10 · thermal 0.20 · fused 0.90"]}, None]
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), None, branches)  # no score: no meta
+    assert [r.get("meta") for r in results] == [None, None]
+    results, _ = mask_to_results(mask, BRUSH, ("road", "car"), np.array([0, 0.9, np.nan]), branches)
+    assert [(r.get("score"), r.get("meta")) for r in results][1] == (None, None)  # a NaN score is no score
+
+
+@dataclass
+class SegmentationPrediction(FakePrediction):
+    class_branch_scores: np.ndarray | None = None
+
+
+def test_segmentation_payload_scores_and_explains_each_class() -> None:
+    mask = np.zeros((4, 4), np.int64)
+    mask[:2] = 1
+    mask[2:] = 2
+    by_class = np.array([[0, 0, 0], [0.1, 0.2, 0.3], [0.4, 0.5, 0.6]])
+    prediction = SegmentationPrediction(0.5, np.zeros((0, 4)), np.zeros(0), np.zeros(0), mask, by_class)
+    payload, _ = prediction_payload(prediction, BRUSH, ("road", "car"), "v1", image_size=(4, 4))
+    assert [(r["score"], r["meta"]["text"]) for r in payload["result"]] == [
+        (pytest.approx(0.3), ["RGB 0.10 · thermal 0.20 · fused 0.30"]),
+        (pytest.approx(0.6), ["RGB 0.40 · thermal 0.50 · fused 0.60"]),
+    ]
