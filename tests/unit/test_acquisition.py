@@ -13,10 +13,12 @@ from model.acquisition import (
     InconsistencyDiverseStrategy,
     PoolSignals,
     ShortlistDiverseStrategy,
+    Strategy,
     TopScoreStrategy,
     combined_score,
     compute_signals,
     kmeans,
+    kmeans_pp_picks,
     make_strategy,
     percentile_rank,
     queue_scores,
@@ -188,3 +190,47 @@ def test_queue_scores_make_label_studio_serve_the_strategy_order():
     rebuilt = PoolSignals.from_rows(rows, list(s.embedding))
     np.testing.assert_allclose(rebuilt.fused_entropy, s.fused_entropy)
     np.testing.assert_allclose(rebuilt.embedding, s.embedding)
+
+
+def test_pool_signals_subset_keeps_every_field_aligned():
+    s = signals([0.1, 0.2, 0.3], fused_entropy=[1.0, 2.0, 3.0], embedding=[[0, 0], [1, 1], [2, 2]])
+    part = s.subset(np.array([2, 0]))
+    for name in PoolSignals.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(part, name), getattr(s, name)[[2, 0]])
+
+
+def test_the_base_strategy_needs_a_select_and_orders_the_rest_by_inconsistency():
+    with pytest.raises(NotImplementedError):
+        Strategy().select(None, 1, np.random.default_rng(0), 1)
+    s = signals([0.2, 0.9, 0.1, 0.5], embedding=np.zeros((4, 2)))
+    assert Strategy().base_score(s) is s.inconsistency
+    # inconsistency-diverse keeps the base order after its batch: the rest by descending I.
+    assert InconsistencyDiverseStrategy().order(s, 1, np.random.default_rng(0)).tolist() == [1, 3, 0, 2]
+
+
+def test_random_strategy_draws_without_a_model_and_without_repeats():
+    strategy = make_strategy("random")
+    assert not strategy.needs_model and not strategy.absolute
+    s = signals(np.linspace(0, 1, 30))
+    picks = strategy.select(s, 40, np.random.default_rng(0), 30)
+    assert sorted(picks.tolist()) == list(range(30))  # capped at the pool, no pair twice
+    order = strategy.order(s, 5, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(30)) and order.tolist() != list(range(30))
+    assert order.tolist() == strategy.order(s, 5, np.random.default_rng(0)).tolist()  # seeded
+
+
+def test_diverse_strategies_with_few_candidates_or_identical_scenes():
+    rng = np.random.default_rng(0)
+    s = signals([0.2, 0.9, 0.1], embedding=[[0, 0], [5, 5], [9, 1]])
+    # A pool no larger than the batch: the candidates themselves, by descending score.
+    assert InconsistencyDiverseStrategy().select(s, 3, rng, 3).tolist() == [1, 0, 2]
+    assert ShortlistDiverseStrategy().select(s, 3, rng, 3).tolist() == [1, 0, 2]
+    # Every pair looks the same: k-means leaves clusters empty, the batch is filled by inconsistency.
+    same = signals([0.2, 0.9, 0.1, 0.5, 0.7, 0.3], embedding=np.ones((6, 2)))
+    assert InconsistencyDiverseStrategy().select(same, 3, rng, 6).tolist() == [1, 4, 3]
+    assert kmeans_pp_picks(np.ones((5, 2)), 3, 2, rng) == [2, 0, 1]  # duplicates: in order after the first
+
+
+def test_unknown_strategy_names_the_choices():
+    with pytest.raises(ValueError, match=r"unknown strategy 'best'; choose from random, inconsistency, "):
+        make_strategy("best")
