@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -466,3 +467,108 @@ def test_segmentation_payload_scores_and_explains_each_class() -> None:
         (pytest.approx(0.3), ["RGB 0.10 · thermal 0.20 · fused 0.30"]),
         (pytest.approx(0.6), ["RGB 0.40 · thermal 0.50 · fused 0.60"]),
     ]
+
+
+def test_mask_region_ids_are_stable_and_tell_regions_apart() -> None:
+    mask = np.zeros((12, 12), np.int64)
+    mask[0:3, 0:3] = 1
+    mask[6:9, 6:9] = 1  # a second polygon of class 1
+    mask[0:3, 6:12] = 2  # class 2, as many pixels as class 1
+    first, _ = mask_to_results(mask, POLYGON, ("road", "car"))
+    again, _ = mask_to_results(mask, POLYGON, ("road", "car"))
+    ids = [r["id"] for r in first]
+    assert ids == [r["id"] for r in again] and len(set(ids)) == 3
+    assert all(isinstance(i, str) and len(i) == 10 for i in ids)
+    other_control = schema_from_config(
+        f'<View>{IMAGES}<PolygonLabels name="outline" toName="thermal"><Label value="road"/>'
+        '<Label value="car"/></PolygonLabels></View>'
+    )
+    assert not set(ids) & {r["id"] for r in mask_to_results(mask, other_control, ("road", "car"))[0]}
+    mask[0, 0] = 0  # class 1 changes: its regions' ids too, class 2's stay
+    changed = [r["id"] for r in mask_to_results(mask, POLYGON, ("road", "car"))[0]]
+    assert changed[2] == ids[2] and not set(changed[:2]) & set(ids)
+
+
+def test_mask_unknown_classes_before_known_ones_and_beyond_the_model() -> None:
+    mask = np.zeros((6, 6), np.int64)
+    mask[:2] = 1  # "sky": the model's, not the config's
+    mask[2:4] = 2  # "road"
+    mask[4:] = 5  # no class of the model
+    results, unknown = mask_to_results(mask, BRUSH, ("sky", "road"))
+    assert [r["value"]["brushlabels"] for r in results] == [["road"]]
+    assert unknown == {"sky", "<class id 5>"}
+
+
+def test_polygon_vertices_in_percent_and_specks_left_out() -> None:
+    mask = np.zeros((30, 40), np.int64)
+    mask[5:15, 5:25] = 1
+    mask[0, 39] = 1  # a one-pixel speck before the square (contours come bottom-up)
+    mask[29, 0] = 1  # and one after it
+    mask[20, 30:32] = 2  # an L of 3 pixels: a 3-vertex polygon
+    mask[21, 30] = 2
+    results, _ = mask_to_results(mask, POLYGON, ("road", "car"))
+    values = [r["value"] for r in results]
+    assert [v["polygonlabels"] for v in values] == [["road"], ["car"]]
+    assert all(v["closed"] is True for v in values)
+    assert sorted(map(tuple, values[0]["points"])) == [
+        (12.5, 16.6667),
+        (12.5, 46.6667),
+        (60.0, 16.6667),
+        (60.0, 46.6667),
+    ]
+    assert len(values[1]["points"]) == 3
+
+
+def test_polygon_masks_at_scale_and_degenerate_polygons() -> None:
+    square = {"points": [[50, 50], [90, 50], [90, 90], [50, 90]], "polygonlabels": ["road"]}
+    line = {"points": [[0, 0], [90, 90]], "polygonlabels": ["car"]}
+    results = [{"type": "polygonlabels", "value": v} for v in (square, line)]
+    target, _ = annotation_to_target({"result": results}, BRUSH, ("road", "car"), (200, 200))
+    assert (target["mask"] == 1).sum() == 81 * 81 and target["mask"][100:181, 100:181].min() == 1
+    assert (target["mask"] == 2).sum() == 0  # two points are no polygon
+
+
+def test_brush_format_missing_or_foreign_and_half_transparent_pixels() -> None:
+    painted = np.zeros((4, 4), np.uint8)
+    painted[:2] = 128  # an anti-aliased edge at the threshold counts as painted
+    painted[2] = 127
+    rle = mask2rle(painted)
+
+    def target_of(value: dict) -> np.ndarray:
+        result = {"type": "brushlabels", "value": {**value, "brushlabels": ["car"]}}
+        return annotation_to_target({"result": [result]}, BRUSH, ("road", "car"), (4, 4))[0]["mask"]
+
+    assert (target_of({"rle": rle}) == 2).sum() == 8  # no "format": RLE is Label Studio's default
+    assert (target_of({"format": "rle", "rle": rle}) == 2).sum() == 8
+    assert (target_of({"format": "png", "rle": rle}) == 2).sum() == 0
+
+
+def test_latest_annotation_by_updated_then_created_then_id() -> None:
+    def latest(*annotations: dict) -> object:
+        return latest_annotation({"annotations": [{"result": [], **a} for a in annotations]})["id"]
+
+    day = "2024-05-0{}T10:00:00"
+    assert latest({"id": 5, "updated_at": day.format(1)}, {"id": 4, "updated_at": day.format(2) + "Z"}) == 4
+    assert latest({"id": 5, "updated_at": day.format(2), "created_at": day.format(1)},
+                  {"id": 4, "updated_at": day.format(2), "created_at": day.format(2)}) == 4  # fmt: skip
+    assert latest({"id": 5, "updated_at": day.format(1), "created_at": day.format(9)},
+                  {"id": 4, "updated_at": day.format(2), "created_at": day.format(1)}) == 4  # fmt: skip
+    # Missing, unparsable or non-text timestamps count as oldest; a non-integer id as lowest.
+    assert latest({"id": 9}, {"id": 2, "updated_at": day.format(1)}) == 2
+    assert latest({"id": 9, "updated_at": "yesterday"}, {"id": 2, "updated_at": day.format(1)}) == 2
+    assert latest({"id": 9, "updated_at": 12345}, {"id": 2, "updated_at": day.format(1)}) == 2
+    assert latest({"id": 0}, {"id": "draft"}) == 0
+    assert latest({"id": None}, {"id": 3}) == 3
+
+
+def test_default_payload_sends_every_region_and_logs_a_non_finite_score(caplog) -> None:
+    n = 25
+    boxes = np.array([[i, i, i + 5, i + 5] for i in range(n)], np.float32)
+    prediction = FakePrediction(float("nan"), boxes, np.full(n, 0.01), np.ones(n, np.int64))
+    with caplog.at_level(logging.ERROR, logger="ls_backend.convert"):
+        payload, _ = prediction_payload(
+            prediction, DETECTION, ("person",), "v7", image_size=(H, W), task_id=11
+        )
+    assert len(payload["result"]) == n  # no cap and no threshold without a policy
+    (record,) = caplog.records
+    assert record.getMessage() == "task 11: non-finite inconsistency (nan) from v7; ranked last"
