@@ -2,7 +2,8 @@ import fcntl
 import json
 import logging
 import os
-from datetime import datetime, timedelta
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,18 @@ def test_projects_lists_project_folders_only(tmp_path: Path):
     assert registry.projects() == ["9"]
     with pytest.raises(RegistryError, match="no model version"):
         registry.info("9", "rgbt-v1-20260101T000000")
+
+
+def test_version_names_carry_the_utc_time_and_the_model_task(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a local-time stamp would be off by 14 hours
+    time.tzset()
+    try:
+        registry = ModelRegistry(tmp_path)
+        config = NetConfig(task="segmentation", class_names=("road",), width=0.125, image_size=(64, 80))
+        info = registry.publish("3", ThreeBranchNet(config))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    stamp = datetime.strptime(info.version.split("-")[2], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    assert abs(stamp - datetime.fromisoformat(info.created_at)) < timedelta(seconds=2)  # two clock reads
+    assert registry.info("3", info.version).task == "segmentation"
