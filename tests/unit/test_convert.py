@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -572,3 +573,31 @@ def test_default_payload_sends_every_region_and_logs_a_non_finite_score(caplog) 
     assert len(payload["result"]) == n  # no cap and no threshold without a policy
     (record,) = caplog.records
     assert record.getMessage() == "task 11: non-finite inconsistency (nan) from v7; ranked last"
+
+
+def test_boxes_half_outside_are_clipped_on_every_side() -> None:
+    boxes = np.array(
+        [[-64, 0, 64, 64], [0, 256, 64, 1024], [10, 600, 20, 700], [600, 10, 700, 20]], np.float32
+    )
+    results, _ = detections_to_results(boxes, [0.5] * 4, [1] * 4, (H, W), DETECTION, ("person",))
+    # The third lies below the image (no height left), the fourth keeps 40 px of its width.
+    assert [[r["value"][k] for k in ("x", "y", "width", "height")] for r in results] == [
+        pytest.approx([0.0, 0.0, 10.0, 12.5]),
+        pytest.approx([0.0, 50.0, 10.0, 50.0]),
+        pytest.approx([93.75, 10 / 512 * 100, 6.25, 10 / 512 * 100]),
+    ]
+
+
+def test_a_rotation_of_one_radian_is_applied() -> None:
+    # 10 x 0.001 px at (50, 50) of a 100 x 100 image, turned 1 rad clockwise: far end at 10 (cos 1, sin 1).
+    annotation = {
+        "result": [
+            rect_result(
+                50, 50, 10, 0.001, "car", rotation=math.degrees(1.0), original_width=100, original_height=100
+            )
+        ]  # fmt: skip
+    }
+    target, _ = annotation_to_target(annotation, DETECTION, ("person", "car"), (100, 100))
+    np.testing.assert_allclose(
+        target["boxes"], [[50, 50, 50 + 10 * math.cos(1), 50 + 10 * math.sin(1)]], atol=1e-3
+    )
