@@ -234,3 +234,16 @@ def test_diverse_strategies_with_few_candidates_or_identical_scenes():
 def test_unknown_strategy_names_the_choices():
     with pytest.raises(ValueError, match=r"unknown strategy 'best'; choose from random, inconsistency, "):
         make_strategy("best")
+
+
+def test_queue_scores_stay_in_unit_range_and_pool_signals_from_no_rows():
+    stray = signals([-0.2, 0.5, 1.3])  # a signal outside [0, 1] still gives Label Studio a score in it
+    scores = queue_scores(
+        TopScoreStrategy("t", lambda s: s.inconsistency), stray, 1, np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(scores, [1.0, 0.5, 0.0])
+    empty = PoolSignals.from_rows([], [])
+    assert empty.embedding.shape == (0, 0) and empty.inconsistency.shape == (0,)
+    names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
+    counted = PoolSignals.from_rows([dict.fromkeys(names, 1)], [np.zeros(3)])
+    assert counted.inconsistency.dtype == np.float64 and counted.embedding.shape == (1, 3)
