@@ -361,8 +361,10 @@ class Settings:
                 raise SettingsError(f"{env_name(name)} must be > 0")
         from model.acquisition import STRATEGIES  # here, not at the top: the strategies import torch
 
-        if self.acquisition not in STRATEGIES:
-            choices = ", ".join(STRATEGIES)
+        # ls-queue models what Label Studio serves from another strategy's scores (QUEUE_CLUSTERS does that).
+        strategies = [name for name in STRATEGIES if name != "ls-queue"]
+        if self.acquisition not in strategies:
+            choices = ", ".join(strategies)
             raise SettingsError(f"ACQUISITION must be one of {choices}, got {self.acquisition!r}")
 
     @property

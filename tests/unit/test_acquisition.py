@@ -9,14 +9,19 @@ import torch
 
 from model.acquisition import (
     DEFAULT_STRATEGY,
+    NULL_CLUSTER,
     STRATEGIES,
     InconsistencyDiverseStrategy,
+    LabelStudioQueueStrategy,
     PoolSignals,
     ShortlistDiverseStrategy,
     TopScoreStrategy,
     combined_score,
     compute_signals,
+    embedding_clusters,
     kmeans,
+    label_studio_next_order,
+    ls_queue_clusters,
     make_strategy,
     percentile_rank,
     queue_scores,
@@ -188,3 +193,45 @@ def test_queue_scores_make_label_studio_serve_the_strategy_order():
     rebuilt = PoolSignals.from_rows(rows, list(s.embedding))
     np.testing.assert_allclose(rebuilt.fused_entropy, s.fused_entropy)
     np.testing.assert_allclose(rebuilt.embedding, s.embedding)
+
+
+def test_label_studio_next_order_round_robins_by_the_annotators_history():
+    """/next: fewest tasks this annotator labelled in the cluster first, then the lowest score; each served
+    task counts for its cluster (Label Studio 1.23.2 served [0, 4, 1, 5] for two clusters of four)."""
+    scores = np.arange(8) / 8
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    assert label_studio_next_order(scores, clusters).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    # Two tasks of cluster 1 already labelled: cluster 0 first until the counts are level.
+    assert label_studio_next_order(scores, clusters, [1, 1]).tolist() == [0, 1, 2, 4, 3, 5, 6, 7]
+    # Scores order inside a cluster (not positions), and count cuts the order.
+    shuffled = np.array([0.5, 0.1, 0.3, 0.7, 0.2, 0.0, 0.6, 0.4])
+    assert label_studio_next_order(shuffled, clusters, count=4).tolist() == [5, 1, 4, 2]
+    # Null clusters share one count; ids the pool lacks count for none.
+    nulls = np.array([0, 0, 0, 0, NULL_CLUSTER, NULL_CLUSTER, NULL_CLUSTER, NULL_CLUSTER])
+    assert label_studio_next_order(scores, nulls, [NULL_CLUSTER, 7, 7]).tolist() == [0, 1, 4, 2, 5, 3, 6, 7]
+
+
+def test_embedding_clusters_are_seeded_and_follow_the_embeddings():
+    rng = np.random.default_rng(0)
+    embedding = np.concatenate([rng.normal(0, 0.1, (10, 3)), rng.normal(5, 0.1, (10, 3))]).astype(np.float32)
+    labels = embedding_clusters(embedding, 2, seed=7)
+    assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1
+    assert labels[0] != labels[10]
+    noise = rng.normal(0, 1, (40, 3))
+    assert embedding_clusters(noise, 4, 3).tolist() == embedding_clusters(noise, 4, 3).tolist()
+    assert ls_queue_clusters(25) == 5 and ls_queue_clusters(3) == 1
+
+
+def test_ls_queue_takes_the_best_of_each_cluster_in_turn():
+    """The default strategy alone spends the batch on the most uncertain scene; what Label Studio serves
+    with two clusters alternates scenes, each scene's most uncertain pairs first."""
+    rng = np.random.default_rng(1)
+    uncertainty = np.concatenate([np.linspace(0.9, 0.8, 10), np.linspace(0.5, 0.4, 10)])
+    embedding = np.concatenate([rng.normal(0, 0.1, (10, 2)), rng.normal(8, 0.1, (10, 2))])
+    s = signals(uncertainty, fused_entropy=uncertainty, embedding=embedding)
+    default = make_strategy(DEFAULT_STRATEGY).select(s, 4, np.random.default_rng(0), 20)
+    assert sorted(default.tolist()) == [0, 1, 2, 3]
+    picks = LabelStudioQueueStrategy(clusters=2).select(s, 4, np.random.default_rng(0), 20)
+    assert picks.tolist() == [0, 10, 1, 11]
+    # b = 4: K = 1, the default order itself
+    assert make_strategy("ls-queue").select(s, 4, np.random.default_rng(0), 20).tolist() == [0, 1, 2, 3]
