@@ -3,6 +3,8 @@ by random, or the simulator's signals leave the backend's inference path."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +237,42 @@ def test_ls_queue_takes_the_best_of_each_cluster_in_turn():
     assert picks.tolist() == [0, 10, 1, 11]
     # b = 4: K = 1, the default order itself
     assert make_strategy("ls-queue").select(s, 4, np.random.default_rng(0), 20).tolist() == [0, 1, 2, 3]
+
+
+def test_backend_writes_cluster_ids_that_are_new_with_every_version():
+    """QUEUE_CLUSTERS: each held payload gets the k-means cluster of its embedding, numbered so that a later
+    version's ids are all larger (Label Studio counts a labelled task by its largest cluster) and shards
+    never share one; without it no payload carries a cluster (the bulk route stays in use)."""
+    from ls_backend.jobs import CLUSTER_ID_STRIDE, _queue_ordered, cluster_ids
+    from ls_backend.settings import Settings
+    from model.inference import PairPrediction
+
+    s = two_scenes(np.random.default_rng(0))
+    names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
+    held = [
+        (
+            {"task": 100 + i, "result": [], "model_version": "rgbt-v3-20260101T000000"},
+            PairPrediction(
+                inconsistency=float(s.inconsistency[i]),
+                embedding=s.embedding[i],
+                boxes=np.zeros((0, 4)),
+                scores=np.zeros(0),
+                labels=np.zeros(0, np.int64),
+                signals={k: float(getattr(s, k)[i]) for k in names},
+            ),
+        )
+        for i in range(20)
+    ]
+    version = "rgbt-v3-20260101T000000"
+    plain = _queue_ordered(held, Settings(), version)
+    assert all("cluster" not in p for p in plain)
+    clustered = _queue_ordered(held, Settings(queue_clusters=3), version, shard=2)
+    ids = np.array([p["cluster"] for p in clustered])
+    labels = embedding_clusters(s.embedding, 3, zlib.crc32(version.encode()))
+    expected = 3 * CLUSTER_ID_STRIDE + 2 * 3 + labels
+    assert ids.tolist() == expected.tolist()
+    # The three scenes of two_scenes are the three clusters.
+    assert len({ids[0], ids[6], ids[8]}) == 3 and len(set(ids[:6].tolist())) == 1
+    assert [p["score"] for p in clustered] == [p["score"] for p in plain]
+    later = cluster_ids(s.embedding, 3, "rgbt-v4-20260102T000000", shard=0)
+    assert later.min() > cluster_ids(s.embedding, 3, version, shard=999).max()
