@@ -180,12 +180,12 @@ def measure(
 def measure_clusters(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
     """QUEUE_CLUSTERS: what storing each prediction's ``cluster`` costs against the plain bulk push of N
     predictions. The bulk route drops ``cluster``, so the two correct ways are timed: one
-    ``POST /api/predictions/`` per prediction with its cluster, and the bulk push followed by one listing of
-    the project's predictions (their ids) and one ``PATCH /api/predictions/{id}/`` per prediction (the
-    product's way, ``ls_backend.jobs.store_clusters``, which writes the PATCH sample). Per-prediction requests
-    are timed on a sample and scaled to N (the bulk pushes and the listing are timed whole); the stored
+    ``POST /api/predictions/`` per prediction with its cluster (the product's way,
+    ``ls_backend.jobs.push_predictions``), and the bulk push followed by one listing of the project's
+    predictions (their ids) and one ``PATCH /api/predictions/{id}/`` per prediction. POSTs and PATCHes are
+    timed in turns on a sample and scaled to N (the bulk pushes and the listing are timed whole); the stored
     clusters are read back."""
-    from ls_backend.jobs import store_clusters
+    from ls_backend.jobs import push_predictions
 
     label_config, schema = read_label_config("synthetic_detection")
     class_names = class_names_from_schema(schema)
@@ -224,24 +224,27 @@ def measure_clusters(url: str, token: str, args: argparse.Namespace) -> dict[str
         load_before = benchutil.load_average()
         plain_seconds = bulk("plain")
         sample = [int(t) for t in rng.choice(task_ids, size=min(args.sample, len(task_ids)), replace=False)]
-        post_seconds = []
-        for body in payloads(sample, "post-cluster"):
-            began = time.perf_counter()
-            studio.create_prediction(body)
-            post_seconds.append(time.perf_counter() - began)
         patch_bulk_seconds = bulk("patch-cluster")
         began = time.perf_counter()
         listed = studio.list_predictions(project_id=project)
         list_seconds = time.perf_counter() - began
         to_patch = {int(p["task"]): int(p["id"]) for p in listed if p["model_version"] == "patch-cluster"}
-        patch_seconds = []
+        # POSTs and PATCHes take turns, so both see the same load of a shared machine.
         half = len(sample) // 2
-        for task_id in sample[:half]:
-            began = time.perf_counter()
-            studio.update_prediction(to_patch[task_id], cluster=int(task_id % 8))
-            patch_seconds.append(time.perf_counter() - began)
-        # The other half through the product's function (not timed: its listing, then a PATCH each).
-        store_clusters(studio, project, "patch-cluster", {t: t % 8 for t in sample[half:]})
+        bodies = iter(payloads(sample, "post-cluster"))
+        patches = iter(sample[:half])
+        timed = benchutil.interleaved(
+            {
+                "post": lambda: push_predictions(studio, project, [next(bodies)]),
+                "patch": lambda: (t := next(patches), studio.update_prediction(to_patch[t], cluster=t % 8)),
+            },
+            half,
+            warmup=0,
+        )
+        post_seconds, patch_seconds = timed["post"], timed["patch"]
+        push_predictions(studio, project, list(bodies))  # the rest of both samples, untimed
+        for task_id in sample[half:]:
+            studio.update_prediction(to_patch[task_id], cluster=task_id % 8)
         load_after = benchutil.load_average()
         everything = studio.list_predictions(project_id=project)
         stored = {(p["model_version"], int(p["task"])): p["cluster"] for p in everything}
@@ -373,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 [f"bulk, pages of {figures['page_size']} (cluster dropped)", figures["bulk_seconds"], ""],
                 [
-                    f"one POST per prediction ({figures['sample']} sampled, scaled)",
+                    f"one POST per prediction ({figures['post_ms']['n']} timed, scaled)",
                     figures["post_seconds_scaled"],
                     figures["post_ms"]["mean_ms"],
                 ],

@@ -35,7 +35,7 @@ from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, current_job_id, make_runner, report_progress
 from ls_backend.registry import ModelRegistry, RegistryError, VersionInfo, version_number
 from ls_backend.settings import Settings
-from ls_backend.studio import UNCERTAINTY_SAMPLING, StudioClient, StudioError
+from ls_backend.studio import UNCERTAINTY_SAMPLING, StudioClient
 from ls_backend.url_policy import origin
 from model.acquisition import PoolSignals, embedding_clusters, make_strategy, queue_scores
 from model.backbone import resolve_imagenet_weights
@@ -672,45 +672,29 @@ def _score_and_push(
                         held.append(({"task": task_id, **payload}, prediction))
                 scored += len(ids)
             while len(page) >= page_size:
-                pushes.append(pusher.submit(studio.import_predictions, int(project), page[:page_size]))
+                pushes.append(pusher.submit(push_predictions, studio, int(project), page[:page_size]))
                 page = page[page_size:]
             report_progress(offset + span * (index + 1) / len(batches), f"scored {scored}/{len(tasks)}")
     if held:
         page += _queue_ordered(held, settings, version, shard)
-    clusters = {int(p["task"]): int(p.pop("cluster")) for p in page if "cluster" in p}
     for start in range(0, len(page), page_size):
-        pushes.append(pusher.submit(studio.import_predictions, int(project), page[start : start + page_size]))
-    if clusters:  # the pusher runs in order: after every page of the shard is in
-        pushes.append(pusher.submit(store_clusters, studio, int(project), version, clusters))
+        pushes.append(pusher.submit(push_predictions, studio, int(project), page[start : start + page_size]))
     return scored, failed
 
 
-def store_clusters(studio: StudioClient, project: int, version: str, clusters: Mapping[int, int]) -> int:
-    """Write ``clusters`` (task id -> cluster) to the task's predictions of ``version``, already imported in
-    bulk: one listing of the project's predictions (their ids), then one ``PATCH /api/predictions/{id}/``
-    each. The bulk import route drops ``cluster`` (Label Studio 1.23.2's ``ImportPredictionsAPI`` builds each
-    prediction from task, result, score and model_version only); of the ways that keep it, this one measured
-    cheapest (``benchmarks/bench_push.py --clusters``: a PATCH costs less than a ``POST /api/predictions/``
-    of the whole prediction), and a retried PATCH cannot duplicate anything. Returns predictions updated;
-    StudioError when a task has no prediction of ``version``."""
-    pending = {int(task): int(cluster) for task, cluster in clusters.items()}
-    found: set[int] = set()
-    updated = 0
-    for prediction in studio.list_predictions(project_id=project):
-        task = int(prediction["task"])
-        if prediction.get("model_version") != version or task not in pending:
-            continue
-        found.add(task)  # a page imported twice (a retry after a lost answer): both copies get it
-        if prediction.get("cluster") != pending[task]:
-            studio.update_prediction(int(prediction["id"]), cluster=pending[task])
-            updated += 1
-    missing = set(pending) - found
-    if missing:
-        raise StudioError(
-            f"project {project}: {len(missing)} tasks have no prediction of {version} to write a cluster to "
-            f"(e.g. {sorted(missing)[:5]})"
-        )
-    return updated
+def push_predictions(studio: StudioClient, project: int, page: Sequence[Mapping[str, Any]]) -> int:
+    """Store a page of predictions in Label Studio; returns how many. One bulk import request, except for
+    predictions with a ``cluster`` (QUEUE_CLUSTERS): the bulk route drops it (Label Studio 1.23.2's
+    ``ImportPredictionsAPI`` builds each prediction from task, result, score and model_version only), so each
+    goes as its own ``POST /api/predictions/``. The other way that keeps it, the bulk import then a listing of
+    the project's predictions and a ``PATCH /api/predictions/{id}/`` of each, costs the same per request
+    (``benchmarks/bench_push.py --clusters``, POSTs and PATCHes timed in turns) plus the bulk pages and the
+    listing."""
+    if not page or "cluster" not in page[0]:
+        return studio.import_predictions(project, page)
+    for prediction in page:
+        studio.create_prediction(prediction)
+    return len(page)
 
 
 #: Cluster ids of one version: version * CLUSTER_ID_STRIDE + shard * K + k (see :func:`cluster_ids`).

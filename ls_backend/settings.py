@@ -307,8 +307,7 @@ class Settings:
         "K > 0: k-means of the pool's fused-branch embeddings into K clusters, written to each prediction's "
         "`cluster`, so Label Studio's uncertainty sampling serves every annotator the clusters in turn (the "
         "lowest score of the cluster they labelled least). Off (0) by default: Label Studio's bulk import "
-        "drops `cluster`, so each prediction then gets it by a PATCH request of its own (README: the "
-        "cost). A start: "
+        "drops `cluster`, so the predictions go one request each (README: the cost). A start: "
         "TRAIN_EVERY_N_ANNOTATIONS / 5. At most 1024.",
     )
     push_page_size: int = _setting("PUSH_PAGE_SIZE", 500, "Predictions per bulk import request.")
