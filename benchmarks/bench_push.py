@@ -14,6 +14,7 @@ grows with the project. Everything is measured twice: on a Label Studio started 
 (``ls_backend.studio_server``), and on a second one started with the flag.
 
     python benchmarks/bench_push.py               # starts its own Label Studio (about 10 s from a template)
+    python benchmarks/bench_push.py --clusters --tasks 2000 --sample 200   # QUEUE_CLUSTERS' cost only
 """
 
 from __future__ import annotations
@@ -176,6 +177,122 @@ def measure(
     }
 
 
+def measure_clusters(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+    """QUEUE_CLUSTERS: what storing each prediction's ``cluster`` costs against the plain bulk push of N
+    predictions. The bulk route drops ``cluster``, so the two correct ways are timed: one
+    ``POST /api/predictions/`` per prediction with its cluster (the product's way,
+    ``ls_backend.jobs.push_predictions``), and the bulk push followed by one listing of the project's
+    predictions (their ids) and one ``PATCH /api/predictions/{id}/`` per prediction. POSTs and PATCHes are
+    timed in turns on a sample and scaled to N (the bulk pushes and the listing are timed whole); the stored
+    clusters are read back."""
+    from ls_backend.jobs import push_predictions
+
+    label_config, schema = read_label_config("synthetic_detection")
+    class_names = class_names_from_schema(schema)
+    page_size = args.page_size or Settings.from_env({}).push_page_size
+    rng = np.random.default_rng(0)
+    with StudioClient(url, token, timeout=300) as studio:
+        project = int(
+            studio.create_project(title=f"bench clusters {time.time():.0f}", label_config=label_config)["id"]
+        )
+        task_ids: list[int] = []
+        for start in range(0, args.tasks, 2000):
+            chunk = [
+                {
+                    schema.rgb.value_key: f"/data/local-files/?d=pool/rgb/{i:05d}.png",
+                    schema.thermal.value_key: f"/data/local-files/?d=pool/thermal/{i:05d}.png",
+                }
+                for i in range(start, min(start + 2000, args.tasks))
+            ]
+            task_ids += studio.import_tasks(project, chunk)
+
+        def payloads(ids: list[int], version: str) -> list[dict[str, Any]]:
+            out = []
+            for task_id in ids:
+                prediction = make_prediction(rng, len(class_names))
+                body, _ = prediction_payload(prediction, schema, class_names, version, image_size=IMAGE_SIZE)
+                out.append({"task": task_id, **body, "cluster": int(task_id % 8)})
+            return out
+
+        def bulk(version: str) -> float:
+            plain = [{k: v for k, v in p.items() if k != "cluster"} for p in payloads(task_ids, version)]
+            began = time.perf_counter()
+            for start in range(0, len(plain), page_size):
+                studio.import_predictions(project, plain[start : start + page_size])
+            return time.perf_counter() - began
+
+        load_before = benchutil.load_average()
+        plain_seconds = bulk("plain")
+        sample = [int(t) for t in rng.choice(task_ids, size=min(args.sample, len(task_ids)), replace=False)]
+        patch_bulk_seconds = bulk("patch-cluster")
+        began = time.perf_counter()
+        listed = studio.list_predictions(project_id=project)
+        list_seconds = time.perf_counter() - began
+        to_patch = {int(p["task"]): int(p["id"]) for p in listed if p["model_version"] == "patch-cluster"}
+        # POSTs and PATCHes take turns, so both see the same load of a shared machine.
+        half = len(sample) // 2
+        bodies = iter(payloads(sample, "post-cluster"))
+        patches = iter(sample[:half])
+        timed = benchutil.interleaved(
+            {
+                "post": lambda: push_predictions(studio, project, [next(bodies)]),
+                "patch": lambda: (t := next(patches), studio.update_prediction(to_patch[t], cluster=t % 8)),
+            },
+            half,
+            warmup=0,
+        )
+        post_seconds, patch_seconds = timed["post"], timed["patch"]
+        push_predictions(studio, project, list(bodies))  # the rest of both samples, untimed
+        for task_id in sample[half:]:
+            studio.update_prediction(to_patch[task_id], cluster=task_id % 8)
+        load_after = benchutil.load_average()
+        everything = studio.list_predictions(project_id=project)
+        stored = {(p["model_version"], int(p["task"])): p["cluster"] for p in everything}
+        for version in ("post-cluster", "patch-cluster"):
+            kept = [stored[(version, t)] == t % 8 for t in sample]
+            assert all(kept), f"{version}: {kept.count(False)} clusters not stored"
+        assert all(stored[("plain", t)] is None for t in sample)  # the bulk route drops it
+        if not args.keep_project:
+            studio.delete_project(project)
+    n = len(task_ids)
+    post_scaled = float(np.mean(post_seconds)) * n
+    patch_scaled = patch_bulk_seconds + list_seconds + float(np.mean(patch_seconds)) * n
+    return {
+        "tasks": n,
+        "page_size": page_size,
+        "sample": len(sample),
+        "bulk_seconds": round(plain_seconds, 2),
+        "post_ms": benchutil.summary(post_seconds),
+        "post_seconds_scaled": round(post_scaled, 1),
+        "bulk_then_patch": {
+            "bulk_seconds": round(patch_bulk_seconds, 2),
+            "list_seconds": round(list_seconds, 2),
+            "listed_predictions": len(listed),
+            "patch_sample": len(patch_seconds),
+            "patch_ms": benchutil.summary(patch_seconds),
+            "seconds_scaled": round(patch_scaled, 1),
+        },
+        "cheapest": "post" if post_scaled <= patch_scaled else "bulk_then_patch",
+        "ratio_to_bulk": round(min(post_scaled, patch_scaled) / plain_seconds, 1),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+
+
+def run_clusters(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure_clusters` on a Label Studio started as the product starts it."""
+    with tempfile.TemporaryDirectory(prefix="bench-push-clusters-") as tmp, benchutil.label_studio(
+        args.studio_url, args.studio_token, args.files_root, Path(tmp) / "a"
+    ) as (url, token, _):
+        figures = measure_clusters(url, token, args)
+    return {
+        "device": benchutil.device_name(),
+        "quick": args.quick,
+        "label_studio": "1.23.2, SQLite, loopback, as ls_backend.studio_server starts it",
+        **figures,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Label Studio with its defaults, then as the product starts it (ls_backend.studio_server: efficient
     prediction import on)."""
@@ -232,6 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help=f"skip the second Label Studio started with {EFFICIENT_IMPORT_FLAG}=true",
     )
+    parser.add_argument(
+        "--clusters",
+        action="store_true",
+        help="only QUEUE_CLUSTERS' cost: the key `push_clusters` (per-prediction POST vs bulk + PATCH)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     benchutil.add_studio_arguments(parser)
     args = parser.parse_args(argv)
@@ -243,6 +365,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.clusters:
+        figures = run_clusters(args)
+        out = benchutil.results_path(figures["device"], quick=args.quick, out=args.out)
+        benchutil.write_section(out, "push_clusters", figures)
+        after = figures["bulk_then_patch"]
+        benchutil.print_table(
+            f"Predictions with their cluster (QUEUE_CLUSTERS), {figures['tasks']} tasks "
+            f"(loadavg {figures['loadavg_before']} -> {figures['loadavg_after']})",
+            [
+                [f"bulk, pages of {figures['page_size']} (cluster dropped)", figures["bulk_seconds"], ""],
+                [
+                    f"one POST per prediction ({figures['post_ms']['n']} timed, scaled)",
+                    figures["post_seconds_scaled"],
+                    figures["post_ms"]["mean_ms"],
+                ],
+                [
+                    f"bulk + list ({after['list_seconds']} s) + one PATCH per prediction (scaled)",
+                    after["seconds_scaled"],
+                    after["patch_ms"]["mean_ms"],
+                ],
+            ],
+            ["path", "seconds", "ms/request"],
+        )
+        print(f"\nwrote the `push_clusters` key of {out}")
+        return
     result = run(args)
     out = benchutil.results_path(result["device"], quick=args.quick, out=args.out)
     benchutil.write_section(out, "push", result)

@@ -279,6 +279,22 @@ def table_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     "n/a",
                 )
             )
+    clustered = results.get("push_clusters")
+    if clustered:  # `bench_push.py --clusters`, run on its own
+        after = clustered["bulk_then_patch"]
+        rows.append(
+            (
+                f"QUEUE_CLUSTERS push, {clustered['tasks']:,} tasks (Label Studio as the product starts it): "
+                f"bulk (cluster dropped) vs one POST per prediction with its cluster vs bulk + list + one "
+                f"PATCH per prediction ({clustered['post_ms']['n']} of each timed in turns, scaled)",
+                f"{clustered['bulk_seconds']:.1f} s vs {clustered['post_seconds_scaled']:,.0f} s "
+                f"({clustered['post_ms']['mean_ms']:.0f} ms each) vs {after['seconds_scaled']:,.0f} s "
+                f"({after['patch_ms']['mean_ms']:.0f} ms each): the cheapest is "
+                f"**{clustered['ratio_to_bulk']}x** the bulk push",
+                "-",
+                "n/a",
+            )
+        )
     training = results.get("training")
     if training:
         rates = training["pairs_per_s"]

@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +33,11 @@ from ls_backend.convert import (
 from ls_backend.images import FetchError, ImageFetcher
 from ls_backend.label_config import ProjectSchema, schema_from_config
 from ls_backend.queues import JobRunner, current_job_id, make_runner, report_progress
-from ls_backend.registry import ModelRegistry, RegistryError, VersionInfo
+from ls_backend.registry import ModelRegistry, RegistryError, VersionInfo, version_number
 from ls_backend.settings import Settings
 from ls_backend.studio import UNCERTAINTY_SAMPLING, StudioClient
 from ls_backend.url_policy import origin
-from model.acquisition import PoolSignals, make_strategy, queue_scores
+from model.acquisition import PoolSignals, embedding_clusters, make_strategy, queue_scores
 from model.backbone import resolve_imagenet_weights
 from model.checkpoint import CheckpointError, load_for_classes
 from model.config import NetConfig
@@ -537,6 +537,8 @@ def score_pool(project: str, version: str) -> dict[str, Any]:
                 project,
                 version,
                 list(shard),
+                (0.0, 1.0),
+                i,
                 description=f"score shard {i + 1}/{len(shards)} of project {project}",
             )
             for i, shard in enumerate(shards)
@@ -556,7 +558,7 @@ def score_pool(project: str, version: str) -> dict[str, Any]:
         pushes: list[Future] = []
         for i, shard in enumerate(shards):
             scored, failed = _score_and_push(
-                context, project, version, list(shard), pusher, pushes, (i / len(shards), 1 / len(shards))
+                context, project, version, list(shard), pusher, pushes, (i / len(shards), 1 / len(shards)), i
             )
             totals["scored"] += scored
             totals["failed"] += failed
@@ -571,14 +573,15 @@ def score_shard(
     version: str,
     tasks: list[tuple[int, dict[str, Any]]],
     progress: tuple[float, float] = (0.0, 1.0),
+    shard: int = 0,
 ) -> dict[str, Any]:
-    """Predict a shard of tasks in batches and push their predictions in bulk pages (an RQ job; returns
-    once every page of the shard is in Label Studio)."""
+    """Predict a shard (number ``shard`` of the pool) of tasks in batches and push their predictions in bulk
+    pages (an RQ job; returns once every page of the shard is in Label Studio)."""
     context = get_context()
     started = time.perf_counter()
     with ThreadPoolExecutor(1, thread_name_prefix="push") as pusher:
         pushes: list[Future] = []
-        scored, failed = _score_and_push(context, project, version, tasks, pusher, pushes, progress)
+        scored, failed = _score_and_push(context, project, version, tasks, pusher, pushes, progress, shard)
         for push in pushes:
             push.result()  # re-raises a push that failed after its retries: the job is retried
     seconds = time.perf_counter() - started
@@ -593,6 +596,7 @@ def _score_and_push(
     pusher: ThreadPoolExecutor,
     pushes: list[Future],
     progress: tuple[float, float],
+    shard: int = 0,
 ) -> tuple[int, list[int]]:
     """The scoring hot path: loader threads fetch, decode, resize and stack the next batches while the
     network runs on this one; full pages of ``PUSH_PAGE_SIZE`` predictions go to ``pusher`` (one bulk import
@@ -614,7 +618,8 @@ def _score_and_push(
     offset, span = progress
     # ACQUISITION: the paper's score (1 - I) streams out batch by batch; every other strategy needs the
     # whole shard's signals first (ranks, diverse batches), so its predictions are held until the end.
-    streamed = settings.acquisition == "inconsistency"
+    # QUEUE_CLUSTERS clusters the whole shard's embeddings: held too.
+    streamed = settings.acquisition == "inconsistency" and not settings.queue_clusters
     held: list[tuple[dict[str, Any], PairPrediction]] = []
 
     def fetch(item: tuple[int, dict[str, Any]]) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
@@ -667,28 +672,66 @@ def _score_and_push(
                         held.append(({"task": task_id, **payload}, prediction))
                 scored += len(ids)
             while len(page) >= page_size:
-                pushes.append(pusher.submit(studio.import_predictions, int(project), page[:page_size]))
+                pushes.append(pusher.submit(push_predictions, studio, int(project), page[:page_size]))
                 page = page[page_size:]
             report_progress(offset + span * (index + 1) / len(batches), f"scored {scored}/{len(tasks)}")
     if held:
-        page += _queue_ordered(held, settings, version)
+        page += _queue_ordered(held, settings, version, shard)
     for start in range(0, len(page), page_size):
-        pushes.append(pusher.submit(studio.import_predictions, int(project), page[start : start + page_size]))
+        pushes.append(pusher.submit(push_predictions, studio, int(project), page[start : start + page_size]))
     return scored, failed
 
 
+def push_predictions(studio: StudioClient, project: int, page: Sequence[Mapping[str, Any]]) -> int:
+    """Store a page of predictions in Label Studio; returns how many. One bulk import request, except for
+    predictions with a ``cluster`` (QUEUE_CLUSTERS): the bulk route drops it (Label Studio 1.23.2's
+    ``ImportPredictionsAPI`` builds each prediction from task, result, score and model_version only), so each
+    goes as its own ``POST /api/predictions/``. The other way that keeps it, the bulk import then a listing of
+    the project's predictions and a ``PATCH /api/predictions/{id}/`` of each, costs the same per request
+    (``benchmarks/bench_push.py --clusters``, POSTs and PATCHes timed in turns) plus the bulk pages and the
+    listing."""
+    if not page or "cluster" not in page[0]:
+        return studio.import_predictions(project, page)
+    for prediction in page:
+        studio.create_prediction(prediction)
+    return len(page)
+
+
+#: Cluster ids of one version: version * CLUSTER_ID_STRIDE + shard * K + k (see :func:`cluster_ids`).
+CLUSTER_ID_STRIDE = 2**20
+
+
+def cluster_ids(embedding: np.ndarray, k: int, version: str, shard: int = 0) -> np.ndarray:
+    """The ``cluster`` of each prediction of a scoring shard: :func:`model.acquisition.embedding_clusters`
+    of its fused-branch embeddings (P, C) into ``k`` (seeded by the version), numbered ``N * 2**20 + shard
+    * k + cluster`` for version ``rgbt-vN-...``. (P,) int64.
+
+    Label Studio counts an annotator's labelled tasks per cluster by the largest ``cluster`` of all their
+    predictions (``Max('predictions__cluster')``, every kept version): with ids that grow with the version, a
+    task labelled under an earlier version counts for no cluster of this one, so each version's queue
+    starts a fresh round-robin (what the simulator's ``ls-queue`` models), and shards, clustered apart, never
+    share an id."""
+    labels = embedding_clusters(embedding, k, zlib.crc32(version.encode()))
+    return version_number(version) * CLUSTER_ID_STRIDE + shard * k + labels
+
+
 def _queue_ordered(
-    held: list[tuple[dict[str, Any], PairPrediction]], settings: Settings, version: str
+    held: list[tuple[dict[str, Any], PairPrediction]], settings: Settings, version: str, shard: int = 0
 ) -> list[dict[str, Any]]:
     """The held payloads with the ``score`` of the ``ACQUISITION`` strategy over them (the first batch is
-    what annotators label before the next retraining: ``TRAIN_EVERY_N_ANNOTATIONS`` pairs)."""
+    what annotators label before the next retraining: ``TRAIN_EVERY_N_ANNOTATIONS`` pairs), and with
+    ``QUEUE_CLUSTERS`` their ``cluster`` (:func:`cluster_ids`)."""
     predictions = [prediction for _, prediction in held]
     rows = [p.signals or {} for p in predictions]
     signals = PoolSignals.from_rows(rows, [p.embedding for p in predictions])
     rng = np.random.default_rng(zlib.crc32(version.encode()))  # the same order if a shard is retried
     strategy = make_strategy(settings.acquisition)
     scores = queue_scores(strategy, signals, settings.train_every_n_annotations, rng)
-    return [{**payload, "score": float(score)} for (payload, _), score in zip(held, scores, strict=True)]
+    payloads = [{**payload, "score": float(score)} for (payload, _), score in zip(held, scores, strict=True)]
+    if settings.queue_clusters:
+        clusters = cluster_ids(signals.embedding, settings.queue_clusters, version, shard)
+        payloads = [{**p, "cluster": int(c)} for p, c in zip(payloads, clusters, strict=True)]
+    return payloads
 
 
 def finalize_scoring(project: str, version: str, expected: int) -> dict[str, Any]:

@@ -38,6 +38,12 @@ _PROJECT_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VERSION_NAME = re.compile(r"^rgbt-v(\d+)-\d{8}T\d{6}$")
 
 
+def version_number(version: str) -> int:
+    """N of a version named ``rgbt-vN-<timestamp>`` (0 for another name: a version given from outside)."""
+    match = _VERSION_NAME.match(version)
+    return int(match.group(1)) if match else 0
+
+
 class RegistryError(ValueError):
     """Unknown project or version, or an invalid key."""
 
@@ -165,7 +171,7 @@ class ModelRegistry:
         if not directory.exists():
             return []
         names = [p.name for p in directory.iterdir() if _VERSION_NAME.match(p.name)]
-        names.sort(key=lambda name: int(_VERSION_NAME.match(name).group(1)))  # type: ignore[union-attr]
+        names.sort(key=version_number)
         return [self.info(project, name) for name in names]
 
     def projects(self) -> list[str]:

@@ -14,6 +14,10 @@ from typing import Any
 
 from model.config import ENGINES
 
+#: QUEUE_CLUSTERS' ceiling: cluster ids are version * 2**20 + shard * K + k (ls_backend.jobs.cluster_ids),
+#: which stays a 32-bit integer (Label Studio's column) for 2,000 versions of 1,000 shards.
+MAX_QUEUE_CLUSTERS = 1024
+
 
 class SettingsError(ValueError):
     """An environment variable has a value that cannot be used; the message names the variable."""
@@ -297,6 +301,15 @@ class Settings:
         "TRAIN_EVERY_N_ANNOTATIONS pairs, then the rest) or `random`. All but `inconsistency` and "
         "`inconsistency-objects` push the rank-encoded score rank/N, ranked within each scoring shard.",
     )
+    queue_clusters: int = _setting(
+        "QUEUE_CLUSTERS",
+        0,
+        "K > 0: k-means of the pool's fused-branch embeddings into K clusters, written to each prediction's "
+        "`cluster`, so Label Studio's uncertainty sampling serves every annotator the clusters in turn (the "
+        "lowest score of the cluster they labelled least). Off (0) by default: Label Studio's bulk import "
+        "drops `cluster`, so the predictions go one request each (README: the cost). A start: "
+        "TRAIN_EVERY_N_ANNOTATIONS / 5. At most 1024.",
+    )
     push_page_size: int = _setting("PUSH_PAGE_SIZE", 500, "Predictions per bulk import request.")
     keep_prediction_versions: int = _setting(
         "KEEP_PREDICTION_VERSIONS", 2, "Model versions whose predictions stay in Label Studio; older ones go."
@@ -353,6 +366,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")
+        if not 0 <= self.queue_clusters <= MAX_QUEUE_CLUSTERS:
+            raise SettingsError(f"QUEUE_CLUSTERS must be in [0, {MAX_QUEUE_CLUSTERS}]")
         for name in ("max_decode_bytes", "decode_budget_bytes", "predict_fetch_threads"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)} must be >= 1")
@@ -361,8 +376,10 @@ class Settings:
                 raise SettingsError(f"{env_name(name)} must be > 0")
         from model.acquisition import STRATEGIES  # here, not at the top: the strategies import torch
 
-        if self.acquisition not in STRATEGIES:
-            choices = ", ".join(STRATEGIES)
+        # ls-queue models what Label Studio serves from another strategy's scores (QUEUE_CLUSTERS does that).
+        strategies = [name for name in STRATEGIES if name != "ls-queue"]
+        if self.acquisition not in strategies:
+            choices = ", ".join(strategies)
             raise SettingsError(f"ACQUISITION must be one of {choices}, got {self.acquisition!r}")
 
     @property

@@ -694,6 +694,32 @@ class StudioClient:
         created = answer.get("created") if isinstance(answer, Mapping) else None
         return int(created) if created is not None else len(body)
 
+    def create_prediction(self, prediction: Mapping[str, Any]) -> dict[str, Any]:
+        """Create ONE prediction (``POST /api/predictions/``): ``{task, result, score, model_version}`` and
+        ``cluster``, which this route keeps and the bulk :meth:`import_predictions` drops (Label Studio
+        1.23.2's ``ImportPredictionsAPI`` builds each prediction from task, result, score and model_version
+        only). Retried like :meth:`import_predictions`; a retry after a lost answer may duplicate it."""
+        body = dict(prediction)
+        known, extra = self._split_fields(self.sdk.predictions.create, body)
+        return self._sdk(
+            "POST",
+            "api/predictions/",
+            lambda o: self.sdk.predictions.create(**known, request_options=self._with_body(o, extra)),
+            retry=True,
+        )
+
+    def update_prediction(self, prediction_id: int, **fields: Any) -> dict[str, Any]:
+        """Change fields of one prediction (``PATCH /api/predictions/{id}/``), e.g. its ``cluster``."""
+        known, extra = self._split_fields(self.sdk.predictions.update, fields)
+        return self._sdk(
+            "PATCH",
+            f"api/predictions/{prediction_id}/",
+            lambda o: self.sdk.predictions.update(
+                int(prediction_id), **known, request_options=self._with_body(o, extra)
+            ),
+            retry=True,
+        )
+
     def model_versions(self, project_id: int) -> dict[str, int]:
         """``{model_version: number of predictions}`` of the project (its own ``model_version`` listed even
         with no predictions)."""

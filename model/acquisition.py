@@ -317,6 +317,114 @@ class ShortlistDiverseStrategy(Strategy):
         return candidates[np.array(picks, dtype=np.int64)]
 
 
+# ------------------------------------------------------------------------------ Label Studio's queue
+#: A prediction whose ``cluster`` is null (what the bulk ``import/predictions`` route stores).
+NULL_CLUSTER = -1
+
+
+def embedding_clusters(embedding: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Cluster ids in [0, k) of the pairs whose fused-branch embeddings are ``embedding`` (P, C): k-means
+    (:func:`kmeans`) on the standardised embeddings, the same for the same ``seed``. (P,) int64; fewer
+    than ``k`` distinct ids when P < k or a cluster empties."""
+    if len(embedding) == 0:
+        return np.zeros(0, dtype=np.int64)
+    features = embedding.astype(np.float64)
+    features = (features - features.mean(0)) / (features.std(0) + 1e-8)
+    return kmeans(features, max(1, k), np.random.default_rng(seed))
+
+
+def label_studio_next_order(
+    scores: np.ndarray,
+    clusters: np.ndarray,
+    solved_clusters: Sequence[int] = (),
+    count: int | None = None,
+) -> np.ndarray:
+    """The order in which Label Studio's ``/next`` serves the pool to ONE annotator under "Uncertainty
+    sampling" when the annotator labels every task it serves: positions of ``scores`` (P,) / ``clusters``
+    (P,) (``NULL_CLUSTER`` for a null ``cluster``), the first ``count`` (default all). ``solved_clusters``:
+    the cluster of each task the annotator had labelled before (ids absent from the pool count for none).
+
+    The rule, read from Label Studio 1.23.2's ``projects/functions/next_task.py``
+    (``_try_uncertainty_sampling``, called by ``get_next_task`` through ``get_task_from_qs_with_sampling``):
+
+    - candidates: the tasks the user has not annotated (skips count as annotated), not ``is_labeled``, with a
+      prediction of the project's ``model_version``;
+    - ``Counter`` of ``Max(predictions__cluster)`` over the tasks this user annotated; each candidate gets
+      the count of its prediction's cluster (``Case(When(predictions__cluster=k, then=n))``, default 0; a
+      null cluster matches the null key, as Django turns ``=None`` into ``IS NULL``, so null-cluster tasks
+      share one count);
+    - ``order_by('cluster_num_solved', 'predictions__score')``: fewest labelled in the cluster first, then
+      the lowest score; the first task not locked by another user is served. No randomness, with one
+      exception this model leaves out: when ``project.annotators()`` (members of a team the project is
+      linked to, or invited project members; none in the open-source edition) counts more than one, the
+      task is drawn at random instead (``_get_random_unlocked`` re-orders by ``'?'``).
+
+    Labelling the served task adds one to its cluster's count, so the queue round-robins across clusters.
+    Ties of (count, score) are in database order in Label Studio; here by position (rank-encoded scores
+    never tie).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    clusters = np.asarray(clusters, dtype=np.int64)
+    size = len(scores) if count is None else min(count, len(scores))
+    solved: dict[int, int] = {}
+    for cluster in solved_clusters:
+        solved[int(cluster)] = solved.get(int(cluster), 0) + 1
+    # Per cluster, its tasks by ascending score (stable: ties by position), consumed from the front.
+    members: dict[int, list[int]] = {}
+    for position in np.argsort(scores, kind="stable").tolist():
+        members.setdefault(int(clusters[position]), []).append(position)
+    heads = {cluster: 0 for cluster in members}
+    order: list[int] = []
+    while len(order) < size:
+        best = min(
+            (c for c in members if heads[c] < len(members[c])),
+            key=lambda c: (solved.get(c, 0), scores[members[c][heads[c]]], members[c][heads[c]]),
+        )
+        order.append(members[best][heads[best]])
+        heads[best] += 1
+        solved[best] = solved.get(best, 0) + 1
+    return np.array(order, dtype=np.int64)
+
+
+#: Pairs of a batch per cluster under ``ls-queue``: K = ceil(b / 5) clusters (5 for the CPU benchmark's
+#: b = 25), so each batch takes its best few pairs from each of several regions of the embedding space.
+LS_QUEUE_PAIRS_PER_CLUSTER = 5
+
+
+def ls_queue_clusters(batch: int) -> int:
+    """K of the ``ls-queue`` strategy for batches of ``batch`` pairs (also the suggested ``QUEUE_CLUSTERS``
+    for ``TRAIN_EVERY_N_ANNOTATIONS = batch``)."""
+    return max(1, -(-batch // LS_QUEUE_PAIRS_PER_CLUSTER))
+
+
+class LabelStudioQueueStrategy(Strategy):
+    """What an annotator is actually served: the ``count`` tasks Label Studio's ``/next`` gives one annotator
+    (:func:`label_studio_next_order`) when the backend pushes the ``base`` strategy's queue scores
+    (:func:`queue_scores`) with ``QUEUE_CLUSTERS = K`` clusters of the pool's fused-branch embeddings
+    (:func:`embedding_clusters`; K = :func:`ls_queue_clusters` of the batch unless given).
+
+    The annotator starts the batch with no labelled task in the new clusters: the backend writes cluster ids
+    that are new with every model version (see ``ls_backend.jobs``), so what was labelled under an
+    earlier version counts for no current cluster, as in the simulator where each cycle is one version.
+    """
+
+    name = "ls-queue"
+
+    def __init__(self, base: str | None = None, clusters: int | None = None) -> None:
+        self.base = make_strategy(base or DEFAULT_STRATEGY)
+        self.clusters = clusters
+
+    def base_score(self, signals):
+        return self.base.base_score(signals)
+
+    def select(self, signals, count, rng, pool_size):
+        assert signals is not None
+        scores = queue_scores(self.base, signals, count, rng)
+        k = self.clusters or ls_queue_clusters(count)
+        clusters = embedding_clusters(signals.embedding, k, int(rng.integers(2**31)))
+        return label_studio_next_order(scores, clusters, count=count)
+
+
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "random": RandomStrategy,
     "inconsistency": lambda: TopScoreStrategy("inconsistency", lambda s: s.inconsistency),
@@ -324,6 +432,8 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     "combined": lambda: TopScoreStrategy("combined", combined_score, absolute=False),
     "inconsistency-diverse": InconsistencyDiverseStrategy,
     "ppal": ShortlistDiverseStrategy,
+    # The default's order as Label Studio's /next serves it with QUEUE_CLUSTERS (round-robin over clusters).
+    "ls-queue": LabelStudioQueueStrategy,
     # I over the regions where a branch sees an object, not over the whole image (the background's I
     # dominates the paper's mean while the network is not yet confident).
     "inconsistency-objects": lambda: TopScoreStrategy(

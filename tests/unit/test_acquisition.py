@@ -3,22 +3,29 @@ by random, or the simulator's signals leave the backend's inference path."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
 
 from model.acquisition import (
     DEFAULT_STRATEGY,
+    NULL_CLUSTER,
     STRATEGIES,
     InconsistencyDiverseStrategy,
+    LabelStudioQueueStrategy,
     PoolSignals,
     ShortlistDiverseStrategy,
     Strategy,
     TopScoreStrategy,
     combined_score,
     compute_signals,
+    embedding_clusters,
     kmeans,
     kmeans_pp_picks,
+    label_studio_next_order,
+    ls_queue_clusters,
     make_strategy,
     percentile_rank,
     queue_scores,
@@ -247,3 +254,84 @@ def test_queue_scores_stay_in_unit_range_and_pool_signals_from_no_rows():
     names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
     counted = PoolSignals.from_rows([dict.fromkeys(names, 1)], [np.zeros(3)])
     assert counted.inconsistency.dtype == np.float64 and counted.embedding.shape == (1, 3)
+
+
+def test_label_studio_next_order_round_robins_by_the_annotators_history():
+    """/next: fewest tasks this annotator labelled in the cluster first, then the lowest score; each served
+    task counts for its cluster (Label Studio 1.23.2 served [0, 4, 1, 5] for two clusters of four)."""
+    scores = np.arange(8) / 8
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    assert label_studio_next_order(scores, clusters).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+    # Two tasks of cluster 1 already labelled: cluster 0 first until the counts are level.
+    assert label_studio_next_order(scores, clusters, [1, 1]).tolist() == [0, 1, 2, 4, 3, 5, 6, 7]
+    # Scores order inside a cluster (not positions), and count cuts the order.
+    shuffled = np.array([0.5, 0.1, 0.3, 0.7, 0.2, 0.0, 0.6, 0.4])
+    assert label_studio_next_order(shuffled, clusters, count=4).tolist() == [5, 1, 4, 2]
+    # Null clusters share one count; ids the pool lacks count for none.
+    nulls = np.array([0, 0, 0, 0, NULL_CLUSTER, NULL_CLUSTER, NULL_CLUSTER, NULL_CLUSTER])
+    assert label_studio_next_order(scores, nulls, [NULL_CLUSTER, 7, 7]).tolist() == [0, 1, 4, 2, 5, 3, 6, 7]
+
+
+def test_embedding_clusters_are_seeded_and_follow_the_embeddings():
+    rng = np.random.default_rng(0)
+    embedding = np.concatenate([rng.normal(0, 0.1, (10, 3)), rng.normal(5, 0.1, (10, 3))]).astype(np.float32)
+    labels = embedding_clusters(embedding, 2, seed=7)
+    assert len(set(labels[:10].tolist())) == 1 and len(set(labels[10:].tolist())) == 1
+    assert labels[0] != labels[10]
+    noise = rng.normal(0, 1, (40, 3))
+    assert embedding_clusters(noise, 4, 3).tolist() == embedding_clusters(noise, 4, 3).tolist()
+    assert ls_queue_clusters(25) == 5 and ls_queue_clusters(3) == 1
+
+
+def test_ls_queue_takes_the_best_of_each_cluster_in_turn():
+    """The default strategy alone spends the batch on the most uncertain scene; what Label Studio serves
+    with two clusters alternates scenes, each scene's most uncertain pairs first."""
+    rng = np.random.default_rng(1)
+    uncertainty = np.concatenate([np.linspace(0.9, 0.8, 10), np.linspace(0.5, 0.4, 10)])
+    embedding = np.concatenate([rng.normal(0, 0.1, (10, 2)), rng.normal(8, 0.1, (10, 2))])
+    s = signals(uncertainty, fused_entropy=uncertainty, embedding=embedding)
+    default = make_strategy(DEFAULT_STRATEGY).select(s, 4, np.random.default_rng(0), 20)
+    assert sorted(default.tolist()) == [0, 1, 2, 3]
+    picks = LabelStudioQueueStrategy(clusters=2).select(s, 4, np.random.default_rng(0), 20)
+    assert picks.tolist() == [0, 10, 1, 11]
+    # b = 4: K = 1, the default order itself
+    assert make_strategy("ls-queue").select(s, 4, np.random.default_rng(0), 20).tolist() == [0, 1, 2, 3]
+
+
+def test_backend_writes_cluster_ids_that_are_new_with_every_version():
+    """QUEUE_CLUSTERS: each held payload gets the k-means cluster of its embedding, numbered so that a later
+    version's ids are all larger (Label Studio counts a labelled task by its largest cluster) and shards
+    never share one; without it no payload carries a cluster (the bulk route stays in use)."""
+    from ls_backend.jobs import CLUSTER_ID_STRIDE, _queue_ordered, cluster_ids
+    from ls_backend.settings import Settings
+    from model.inference import PairPrediction
+
+    s = two_scenes(np.random.default_rng(0))
+    names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
+    held = [
+        (
+            {"task": 100 + i, "result": [], "model_version": "rgbt-v3-20260101T000000"},
+            PairPrediction(
+                inconsistency=float(s.inconsistency[i]),
+                embedding=s.embedding[i],
+                boxes=np.zeros((0, 4)),
+                scores=np.zeros(0),
+                labels=np.zeros(0, np.int64),
+                signals={k: float(getattr(s, k)[i]) for k in names},
+            ),
+        )
+        for i in range(20)
+    ]
+    version = "rgbt-v3-20260101T000000"
+    plain = _queue_ordered(held, Settings(), version)
+    assert all("cluster" not in p for p in plain)
+    clustered = _queue_ordered(held, Settings(queue_clusters=3), version, shard=2)
+    ids = np.array([p["cluster"] for p in clustered])
+    labels = embedding_clusters(s.embedding, 3, zlib.crc32(version.encode()))
+    expected = 3 * CLUSTER_ID_STRIDE + 2 * 3 + labels
+    assert ids.tolist() == expected.tolist()
+    # The three scenes of two_scenes are the three clusters.
+    assert len({ids[0], ids[6], ids[8]}) == 3 and len(set(ids[:6].tolist())) == 1
+    assert [p["score"] for p in clustered] == [p["score"] for p in plain]
+    later = cluster_ids(s.embedding, 3, "rgbt-v4-20260102T000000", shard=0)
+    assert later.min() > cluster_ids(s.embedding, 3, version, shard=999).max()

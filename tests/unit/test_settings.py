@@ -35,6 +35,9 @@ def test_acquisition_default_is_the_benchmark_default():
     ("env", "message"),
     [
         ({"TRAIN_EPOCHS": "ten"}, "TRAIN_EPOCHS"),
+        ({"QUEUE_CLUSTERS": "-1"}, "QUEUE_CLUSTERS"),
+        ({"QUEUE_CLUSTERS": "5000"}, "QUEUE_CLUSTERS"),
+        ({"ACQUISITION": "ls-queue"}, "ACQUISITION"),
         ({"MODEL_IMAGE_SIZE": "big"}, "MODEL_IMAGE_SIZE"),
         ({"TORCH_COMPILE": "maybe"}, "TORCH_COMPILE"),
         ({"BASIC_AUTH_USER": "admin"}, "BASIC_AUTH_PASS"),
