@@ -247,3 +247,53 @@ def test_queue_scores_stay_in_unit_range_and_pool_signals_from_no_rows():
     names = [k for k in PoolSignals.__dataclass_fields__ if k != "embedding"]
     counted = PoolSignals.from_rows([dict.fromkeys(names, 1)], [np.zeros(3)])
     assert counted.inconsistency.dtype == np.float64 and counted.embedding.shape == (1, 3)
+
+
+def test_ties_keep_pool_order_in_the_batch_and_after_it():
+    # 40 alternating values: numpy's default sort does not keep ties in order at this size.
+    s = signals([0.5, 0.7] * 20)
+    strategy = make_strategy("inconsistency")
+    assert strategy.name == "inconsistency"
+    expected = [*range(1, 40, 2), *range(0, 40, 2)]
+    assert strategy.select(s, 40, np.random.default_rng(0), 40).tolist() == expected
+    assert InconsistencyDiverseStrategy().order(s, 0, np.random.default_rng(0)).tolist() == expected
+    # One candidate per pick (factor 1): the top pairs themselves, the dull ones never considered.
+    assert InconsistencyDiverseStrategy(candidate_factor=1).select(
+        two_scenes(np.random.default_rng(0)), 3, np.random.default_rng(0), 20
+    ).tolist() == [0, 1, 2]
+
+
+def test_kmeans_returns_a_fixed_point_of_lloyds_iteration():
+    points = np.random.default_rng(4).uniform(0, 1, (300, 2))
+    labels = kmeans(points, 6, np.random.default_rng(0))
+    centres = np.stack([points[labels == j].mean(0) for j in range(6)])
+    nearest = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest, labels)  # another Lloyd step changes nothing
+
+
+def test_kmeans_plus_plus_seeds_one_centre_per_blob_at_any_scale():
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 1000.0):  # the distances sum to less than 1 at the small scale
+        centres = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * scale
+        points = np.concatenate([c + rng.normal(0, scale * 1e-4, (10, 2)) for c in centres])
+        for seed in range(3):
+            labels = kmeans(points, 3, np.random.default_rng(seed), iterations=1)  # the seeding alone
+            assert [len(set(labels[i * 10 : (i + 1) * 10].tolist())) for i in range(3)] == [1, 1, 1]
+            assert len(set(labels.tolist())) == 3
+            picks = kmeans_pp_picks(points, 3, 0, np.random.default_rng(seed))
+            assert sorted(p // 10 for p in picks) == [0, 1, 2]  # one pick per blob
+    # Only one point differs from the first pick, by less than 1: it is drawn, not a duplicate.
+    assert kmeans_pp_picks(np.array([[0.0, 0.0], [0.0, 0.0], [0.5, 0.0]]), 2, 0, rng) == [0, 2]
+
+
+def test_inconsistency_diverse_clusters_on_standardised_features():
+    """Scenes differ in 8 feature dimensions by 1; one nuisance dimension varies by 1000 within each scene.
+    Standardised, the scenes dominate; raw (or scaled by one global std), the nuisance would split the batch
+    inside the first scene."""
+    scene = np.repeat([0.0, 1.0], 6)
+    nuisance = np.tile([0.0, 1000.0], 6)
+    embedding = np.column_stack([nuisance, *[scene] * 8])
+    s = signals(np.linspace(0.9, 0.5, 12), embedding=embedding)
+    for seed in range(3):
+        picks = InconsistencyDiverseStrategy(candidate_factor=6).select(s, 2, np.random.default_rng(seed), 12)
+        assert sorted(picks.tolist()) == [0, 6], seed
