@@ -414,7 +414,7 @@ def test_segmentation_payload_needs_a_mask_and_follows_the_gate() -> None:
     )
     assert gated == {"result": [], "score": 0.5, "model_version": "v1"} and unknown == set()
     prediction.mask = None
-    with pytest.raises(ValueError, match="^a segmentation prediction without a mask$"):
+    with pytest.raises(ValueError, match=r"^a segmentation prediction without a mask$"):
         prediction_payload(prediction, BRUSH, ("road",), "v1", image_size=(4, 4))
 
 
