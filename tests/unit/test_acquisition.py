@@ -17,9 +17,11 @@ from model.acquisition import (
     TopScoreStrategy,
     combined_score,
     compute_signals,
+    fused_entropy_maps,
     kmeans,
     kmeans_pp_picks,
     make_strategy,
+    pair_signals,
     percentile_rank,
     queue_scores,
 )
@@ -297,3 +299,37 @@ def test_inconsistency_diverse_clusters_on_standardised_features():
     for seed in range(3):
         picks = InconsistencyDiverseStrategy(candidate_factor=6).select(s, 2, np.random.default_rng(seed), 12)
         assert sorted(picks.tolist()) == [0, 6], seed
+
+
+def test_percentile_rank_of_two_and_fused_entropy_over_foreground_classes():
+    assert percentile_rank(np.array([0.2, 0.1])).tolist() == [1.0, 0.0]
+    # Background 0.7, two foreground classes 0.2 and 0.1: the most uncertain foreground class, H(0.2).
+    p = torch.tensor([0.7, 0.2, 0.1]).reshape(1, 3, 1, 1)
+    (entropy,) = fused_entropy_maps([p], class_dim=1)
+    expected = -(0.2 * np.log2(0.2) + 0.8 * np.log2(0.8))
+    assert entropy.shape == (1, 1, 1) and float(entropy) == pytest.approx(expected, rel=1e-4)
+
+
+def test_pair_signals_defaults_and_flat_aggregation():
+    torch.manual_seed(0)
+    config = NetConfig(class_names=SYNTH_CLASSES, width=0.0625, image_size=(32, 40))
+    model = ThreeBranchNet(config).eval()
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, 32, 40), torch.rand(2, 1, 32, 40))
+    default = pair_signals(output)
+    explicit = pair_signals(output, reduction="max", aggregation="scale_balanced")
+    flat = pair_signals(output, aggregation="flat")
+    for key, value in default.items():
+        torch.testing.assert_close(value, explicit[key])
+    torch.testing.assert_close(flat["inconsistency"], flat["inconsistency_flat"])
+    assert not torch.allclose(flat["inconsistency"], default["inconsistency"])
+
+
+def test_ppal_spreads_its_batch_over_standardised_features():
+    """As for inconsistency-diverse: 32 scene dimensions differ by 1, a nuisance one by 1000 within scenes."""
+    scene = np.repeat([0.0, 1.0], 6)
+    embedding = np.column_stack([np.tile([0.0, 1000.0], 6), *[scene] * 32])
+    s = signals(np.linspace(0.9, 0.5, 12), fused_entropy=np.linspace(0.9, 0.5, 12), embedding=embedding)
+    for seed in range(4):
+        picks = ShortlistDiverseStrategy(candidate_factor=6).select(s, 2, np.random.default_rng(seed), 12)
+        assert picks[0] == 0 and picks[1] >= 6, seed  # the most uncertain, then the other scene
