@@ -22,11 +22,13 @@ from model.acquisition import (
     combined_score,
     compute_signals,
     embedding_clusters,
+    fused_entropy_maps,
     kmeans,
     kmeans_pp_picks,
     label_studio_next_order,
     ls_queue_clusters,
     make_strategy,
+    pair_signals,
     percentile_rank,
     queue_scores,
 )
@@ -335,3 +337,87 @@ def test_backend_writes_cluster_ids_that_are_new_with_every_version():
     assert [p["score"] for p in clustered] == [p["score"] for p in plain]
     later = cluster_ids(s.embedding, 3, "rgbt-v4-20260102T000000", shard=0)
     assert later.min() > cluster_ids(s.embedding, 3, version, shard=999).max()
+
+
+def test_ties_keep_pool_order_in_the_batch_and_after_it():
+    # 40 alternating values: numpy's default sort does not keep ties in order at this size.
+    s = signals([0.5, 0.7] * 20)
+    strategy = make_strategy("inconsistency")
+    assert strategy.name == "inconsistency"
+    expected = [*range(1, 40, 2), *range(0, 40, 2)]
+    assert strategy.select(s, 40, np.random.default_rng(0), 40).tolist() == expected
+    assert InconsistencyDiverseStrategy().order(s, 0, np.random.default_rng(0)).tolist() == expected
+    # One candidate per pick (factor 1): the top pairs themselves, the dull ones never considered.
+    assert InconsistencyDiverseStrategy(candidate_factor=1).select(
+        two_scenes(np.random.default_rng(0)), 3, np.random.default_rng(0), 20
+    ).tolist() == [0, 1, 2]
+
+
+def test_kmeans_returns_a_fixed_point_of_lloyds_iteration():
+    points = np.random.default_rng(4).uniform(0, 1, (300, 2))
+    labels = kmeans(points, 6, np.random.default_rng(0))
+    centres = np.stack([points[labels == j].mean(0) for j in range(6)])
+    nearest = ((points[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(nearest, labels)  # another Lloyd step changes nothing
+
+
+def test_kmeans_plus_plus_seeds_one_centre_per_blob_at_any_scale():
+    rng = np.random.default_rng(0)
+    for scale in (0.01, 1000.0):  # the distances sum to less than 1 at the small scale
+        centres = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]) * scale
+        points = np.concatenate([c + rng.normal(0, scale * 1e-4, (10, 2)) for c in centres])
+        for seed in range(3):
+            labels = kmeans(points, 3, np.random.default_rng(seed), iterations=1)  # the seeding alone
+            assert [len(set(labels[i * 10 : (i + 1) * 10].tolist())) for i in range(3)] == [1, 1, 1]
+            assert len(set(labels.tolist())) == 3
+            picks = kmeans_pp_picks(points, 3, 0, np.random.default_rng(seed))
+            assert sorted(p // 10 for p in picks) == [0, 1, 2]  # one pick per blob
+    # Only one point differs from the first pick, by less than 1: it is drawn, not a duplicate.
+    assert kmeans_pp_picks(np.array([[0.0, 0.0], [0.0, 0.0], [0.5, 0.0]]), 2, 0, rng) == [0, 2]
+
+
+def test_inconsistency_diverse_clusters_on_standardised_features():
+    """Scenes differ in 8 feature dimensions by 1; one nuisance dimension varies by 1000 within each scene.
+    Standardised, the scenes dominate; raw (or scaled by one global std), the nuisance would split the batch
+    inside the first scene."""
+    scene = np.repeat([0.0, 1.0], 6)
+    nuisance = np.tile([0.0, 1000.0], 6)
+    embedding = np.column_stack([nuisance, *[scene] * 8])
+    s = signals(np.linspace(0.9, 0.5, 12), embedding=embedding)
+    for seed in range(3):
+        picks = InconsistencyDiverseStrategy(candidate_factor=6).select(s, 2, np.random.default_rng(seed), 12)
+        assert sorted(picks.tolist()) == [0, 6], seed
+
+
+def test_percentile_rank_of_two_and_fused_entropy_over_foreground_classes():
+    assert percentile_rank(np.array([0.2, 0.1])).tolist() == [1.0, 0.0]
+    # Background 0.7, two foreground classes 0.2 and 0.1: the most uncertain foreground class, H(0.2).
+    p = torch.tensor([0.7, 0.2, 0.1]).reshape(1, 3, 1, 1)
+    (entropy,) = fused_entropy_maps([p], class_dim=1)
+    expected = -(0.2 * np.log2(0.2) + 0.8 * np.log2(0.8))
+    assert entropy.shape == (1, 1, 1) and float(entropy) == pytest.approx(expected, rel=1e-4)
+
+
+def test_pair_signals_defaults_and_flat_aggregation():
+    torch.manual_seed(0)
+    config = NetConfig(class_names=SYNTH_CLASSES, width=0.0625, image_size=(32, 40))
+    model = ThreeBranchNet(config).eval()
+    with torch.no_grad():
+        output = model(torch.rand(2, 3, 32, 40), torch.rand(2, 1, 32, 40))
+    default = pair_signals(output)
+    explicit = pair_signals(output, reduction="max", aggregation="scale_balanced")
+    flat = pair_signals(output, aggregation="flat")
+    for key, value in default.items():
+        torch.testing.assert_close(value, explicit[key])
+    torch.testing.assert_close(flat["inconsistency"], flat["inconsistency_flat"])
+    assert not torch.allclose(flat["inconsistency"], default["inconsistency"])
+
+
+def test_ppal_spreads_its_batch_over_standardised_features():
+    """As for inconsistency-diverse: 32 scene dimensions differ by 1, a nuisance one by 1000 within scenes."""
+    scene = np.repeat([0.0, 1.0], 6)
+    embedding = np.column_stack([np.tile([0.0, 1000.0], 6), *[scene] * 32])
+    s = signals(np.linspace(0.9, 0.5, 12), fused_entropy=np.linspace(0.9, 0.5, 12), embedding=embedding)
+    for seed in range(4):
+        picks = ShortlistDiverseStrategy(candidate_factor=6).select(s, 2, np.random.default_rng(seed), 12)
+        assert picks[0] == 0 and picks[1] >= 6, seed  # the most uncertain, then the other scene

@@ -336,7 +336,11 @@ def test_region_policy_thresholds_by_class_cap_and_order() -> None:
         np.array([0.5, 0.7] * 20), np.ones(40, int), ("a",)
     )
     assert ties.tolist() == [*range(1, 40, 2), *range(0, 40, 2)]  # equal scores keep their order
-    assert RegionPolicy(send=False).select(scores, labels, ("person", "car")).tolist() == []
+    # Uncapped: every class's own threshold decides (person 0.5 stays out, car 0.44 too).
+    uncapped = RegionPolicy(thresholds={"person": 0.55}, fallback=0.45, max_regions=10)
+    assert uncapped.select(scores, labels, ("person", "car")).tolist() == [1, 3, 4, 2]
+    gated = RegionPolicy(send=False).select(scores, labels, ("person", "car"))
+    assert gated.tolist() == [] and gated.dtype == np.int64  # an index array, even empty
     assert RegionPolicy().select(scores, labels, ("person", "car")).dtype == np.int64
 
 
@@ -410,7 +414,7 @@ def test_segmentation_payload_needs_a_mask_and_follows_the_gate() -> None:
     )
     assert gated == {"result": [], "score": 0.5, "model_version": "v1"} and unknown == set()
     prediction.mask = None
-    with pytest.raises(ValueError, match="without a mask"):
+    with pytest.raises(ValueError, match=r"^a segmentation prediction without a mask$"):
         prediction_payload(prediction, BRUSH, ("road",), "v1", image_size=(4, 4))
 
 
@@ -595,7 +599,7 @@ def test_a_rotation_of_one_radian_is_applied() -> None:
             rect_result(
                 50, 50, 10, 0.001, "car", rotation=math.degrees(1.0), original_width=100, original_height=100
             )
-        ]  # fmt: skip
+        ]
     }
     target, _ = annotation_to_target(annotation, DETECTION, ("person", "car"), (100, 100))
     np.testing.assert_allclose(
