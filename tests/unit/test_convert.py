@@ -605,3 +605,64 @@ def test_a_rotation_of_one_radian_is_applied() -> None:
     np.testing.assert_allclose(
         target["boxes"], [[50, 50, 50 + 10 * math.cos(1), 50 + 10 * math.sin(1)]], atol=1e-3
     )
+
+
+def test_malformed_or_undecodable_regions_are_skipped_with_a_warning(caplog) -> None:
+    broken = {
+        "id": "r1",
+        "type": "rectanglelabels",
+        "value": {"y": 1, "width": 2, "height": 3, "rectanglelabels": ["car"]},
+    }
+    good = rect_result(10, 10, 10, 10, "car")
+    with caplog.at_level(logging.WARNING, logger="ls_backend.convert"):
+        target, _ = annotation_to_target({"result": [broken, good]}, DETECTION, ("person", "car"), (H, W))
+        assert target["labels"].tolist() == [2]  # the good region after the broken one is kept
+        brush = {
+            "id": "b1",
+            "type": "brushlabels",
+            "value": {"format": "rle", "rle": [1, 2], "brushlabels": ["car"]},
+        }
+        target, _ = annotation_to_target({"result": [brush]}, BRUSH, ("road", "car"), (10, 30))
+        assert (target["mask"] == 0).all()
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping malformed rectanglelabels region r1",
+        "skipping brushlabels region b1: cannot decode it at 30x10",
+    ]
+
+
+def test_annotation_boxes_are_clipped_and_flat_ones_dropped() -> None:
+    regions = [
+        rect_result(90, -10, 20, 20, "car"),  # over the right and top edges
+        rect_result(10, 10, 0, 10, "car"),  # no width
+        rect_result(10, 10, 10, 0, "car"),  # no height
+    ]
+    target, _ = annotation_to_target({"result": regions}, DETECTION, ("person", "car"), (100, 100))
+    np.testing.assert_allclose(target["boxes"], [[90, 0, 100, 10]])
+
+
+def test_region_frames_labels_and_types_read_defensively() -> None:
+    def boxes(*results: dict) -> list:
+        return annotation_to_target({"result": list(results)}, DETECTION, ("person", "car"), (50, 100))[0][
+            "boxes"
+        ].tolist()
+
+    # A frame needs both sizes; with one missing or zero the image's size is used.
+    for extra in ({"original_height": 200}, {"original_width": 200, "original_height": 0}):
+        assert boxes(rect_result(10, 10, 10, 10, "car", **extra)) == [[10, 5, 20, 10]]
+        square = {"points": [[10, 20], [20, 20], [20, 40], [10, 40]], "polygonlabels": ["car"]}
+        polygon = {"type": "polygonlabels", "value": square, **extra}
+        target, _ = annotation_to_target({"result": [polygon]}, BRUSH, ("road", "car"), (50, 100))
+        assert (target["mask"] == 2).sum() == 11 * 11  # rasterised at the image's size
+    label_as_text = rect_result(10, 10, 10, 10, "car")
+    label_as_text["value"]["rectanglelabels"] = "person"
+    no_label = rect_result(10, 10, 10, 10, "car")
+    no_label["value"]["rectanglelabels"] = []
+    untyped = {"value": rect_result(0, 0, 5, 5, "car")["value"]}
+    choice = {"type": "choices", "value": {"choices": ["x"]}}
+    target, unknown = annotation_to_target(
+        {"result": [untyped, choice, no_label, rect_result(0, 0, 5, 5, "truck"), label_as_text]},
+        DETECTION,
+        ("person", "car"),
+        (50, 100),
+    )
+    assert target["labels"].tolist() == [1] and unknown == {"truck"}
