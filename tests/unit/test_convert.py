@@ -78,7 +78,7 @@ def test_box_to_percent_and_back() -> None:
     np.testing.assert_allclose(target["boxes"], boxes)
     assert target["boxes"].dtype == np.float32
     assert target["labels"].tolist() == [1] and target["labels"].dtype == np.int64
-    assert target["ignore"].tolist() == [False]
+    assert target["ignore"].tolist() == [False] and target["ignore"].dtype == bool
 
 
 def test_boxes_are_clipped_and_empty_ones_dropped() -> None:
@@ -666,3 +666,21 @@ def test_region_frames_labels_and_types_read_defensively() -> None:
         (50, 100),
     )
     assert target["labels"].tolist() == [1] and unknown == {"truck"}
+
+
+def test_box_region_ids_follow_control_label_and_corners_to_a_hundredth_of_a_pixel() -> None:
+    def ids(boxes: list, labels: list, schema=DETECTION) -> list[str]:
+        results, _ = detections_to_results(
+            np.array(boxes), [0.5] * len(boxes), labels, (H, W), schema, ("person", "car")
+        )
+        return [r["id"] for r in results]
+
+    box = [10.0, 20.0, 30.0, 40.0]
+    other_control = schema_from_config(
+        f'<View>{IMAGES}<RectangleLabels name="boxes" toName="rgb">'
+        '<Label value="person"/><Label value="car"/></RectangleLabels></View>'
+    )
+    assert ids([box], [1]) != ids([box], [2])  # another label
+    assert ids([box], [1]) != ids([box], [1], other_control)  # another control
+    assert ids([box], [1]) != ids([[10.01, 20.0, 30.0, 40.0]], [1])  # moved by a hundredth of a pixel
+    assert ids([box], [1]) == ids([[10.001, 20.0, 30.0, 40.0]], [1])  # float noise below that: the same id
