@@ -98,6 +98,11 @@ def test_labels_map_by_name_and_unknown_are_reported() -> None:
     )
     assert [r["value"]["rectanglelabels"] for r in results] == [["car"], ["person"]]
     assert unknown == {"dog"}
+    # The config's labels missing at both ends of the model's classes are reported by name too.
+    _, unknown = detections_to_results(
+        boxes, [0.9, 0.8, 0.7], [1, 2, 3], (H, W), DETECTION, ("dog", "car", "cat")
+    )
+    assert unknown == {"dog", "cat"}
 
 
 def test_region_ids_are_stable_and_distinct() -> None:
