@@ -78,7 +78,7 @@ def test_box_to_percent_and_back() -> None:
     np.testing.assert_allclose(target["boxes"], boxes)
     assert target["boxes"].dtype == np.float32
     assert target["labels"].tolist() == [1] and target["labels"].dtype == np.int64
-    assert target["ignore"].tolist() == [False]
+    assert target["ignore"].tolist() == [False] and target["ignore"].dtype == bool
 
 
 def test_boxes_are_clipped_and_empty_ones_dropped() -> None:
@@ -98,6 +98,11 @@ def test_labels_map_by_name_and_unknown_are_reported() -> None:
     )
     assert [r["value"]["rectanglelabels"] for r in results] == [["car"], ["person"]]
     assert unknown == {"dog"}
+    # The config's labels missing at both ends of the model's classes are reported by name too.
+    _, unknown = detections_to_results(
+        boxes, [0.9, 0.8, 0.7], [1, 2, 3], (H, W), DETECTION, ("dog", "car", "cat")
+    )
+    assert unknown == {"dog", "cat"}
 
 
 def test_region_ids_are_stable_and_distinct() -> None:
@@ -605,3 +610,82 @@ def test_a_rotation_of_one_radian_is_applied() -> None:
     np.testing.assert_allclose(
         target["boxes"], [[50, 50, 50 + 10 * math.cos(1), 50 + 10 * math.sin(1)]], atol=1e-3
     )
+
+
+def test_malformed_or_undecodable_regions_are_skipped_with_a_warning(caplog) -> None:
+    broken = {
+        "id": "r1",
+        "type": "rectanglelabels",
+        "value": {"y": 1, "width": 2, "height": 3, "rectanglelabels": ["car"]},
+    }
+    good = rect_result(10, 10, 10, 10, "car")
+    with caplog.at_level(logging.WARNING, logger="ls_backend.convert"):
+        target, _ = annotation_to_target({"result": [broken, good]}, DETECTION, ("person", "car"), (H, W))
+        assert target["labels"].tolist() == [2]  # the good region after the broken one is kept
+        brush = {
+            "id": "b1",
+            "type": "brushlabels",
+            "value": {"format": "rle", "rle": [1, 2], "brushlabels": ["car"]},
+        }
+        target, _ = annotation_to_target({"result": [brush]}, BRUSH, ("road", "car"), (10, 30))
+        assert (target["mask"] == 0).all()
+    assert [r.getMessage() for r in caplog.records] == [
+        "skipping malformed rectanglelabels region r1",
+        "skipping brushlabels region b1: cannot decode it at 30x10",
+    ]
+
+
+def test_annotation_boxes_are_clipped_and_flat_ones_dropped() -> None:
+    regions = [
+        rect_result(90, -10, 20, 20, "car"),  # over the right and top edges
+        rect_result(10, 10, 0, 10, "car"),  # no width
+        rect_result(10, 10, 10, 0, "car"),  # no height
+    ]
+    target, _ = annotation_to_target({"result": regions}, DETECTION, ("person", "car"), (100, 100))
+    np.testing.assert_allclose(target["boxes"], [[90, 0, 100, 10]])
+
+
+def test_region_frames_labels_and_types_read_defensively() -> None:
+    def boxes(*results: dict) -> list:
+        return annotation_to_target({"result": list(results)}, DETECTION, ("person", "car"), (50, 100))[0][
+            "boxes"
+        ].tolist()
+
+    # A frame needs both sizes; with one missing or zero the image's size is used.
+    for extra in ({"original_height": 200}, {"original_width": 200, "original_height": 0}):
+        assert boxes(rect_result(10, 10, 10, 10, "car", **extra)) == [[10, 5, 20, 10]]
+        square = {"points": [[10, 20], [20, 20], [20, 40], [10, 40]], "polygonlabels": ["car"]}
+        polygon = {"type": "polygonlabels", "value": square, **extra}
+        target, _ = annotation_to_target({"result": [polygon]}, BRUSH, ("road", "car"), (50, 100))
+        assert (target["mask"] == 2).sum() == 11 * 11  # rasterised at the image's size
+    label_as_text = rect_result(10, 10, 10, 10, "car")
+    label_as_text["value"]["rectanglelabels"] = "person"
+    no_label = rect_result(10, 10, 10, 10, "car")
+    no_label["value"]["rectanglelabels"] = []
+    untyped = {"value": rect_result(0, 0, 5, 5, "car")["value"]}
+    choice = {"type": "choices", "value": {"choices": ["x"]}}
+    target, unknown = annotation_to_target(
+        {"result": [untyped, choice, no_label, rect_result(0, 0, 5, 5, "truck"), label_as_text]},
+        DETECTION,
+        ("person", "car"),
+        (50, 100),
+    )
+    assert target["labels"].tolist() == [1] and unknown == {"truck"}
+
+
+def test_box_region_ids_follow_control_label_and_corners_to_a_hundredth_of_a_pixel() -> None:
+    def ids(boxes: list, labels: list, schema=DETECTION) -> list[str]:
+        results, _ = detections_to_results(
+            np.array(boxes), [0.5] * len(boxes), labels, (H, W), schema, ("person", "car")
+        )
+        return [r["id"] for r in results]
+
+    box = [10.0, 20.0, 30.0, 40.0]
+    other_control = schema_from_config(
+        f'<View>{IMAGES}<RectangleLabels name="boxes" toName="rgb">'
+        '<Label value="person"/><Label value="car"/></RectangleLabels></View>'
+    )
+    assert ids([box], [1]) != ids([box], [2])  # another label
+    assert ids([box], [1]) != ids([box], [1], other_control)  # another control
+    assert ids([box], [1]) != ids([[10.01, 20.0, 30.0, 40.0]], [1])  # moved by a hundredth of a pixel
+    assert ids([box], [1]) == ids([[10.001, 20.0, 30.0, 40.0]], [1])  # float noise below that: the same id
