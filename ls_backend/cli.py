@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ls_backend.settings import Settings, SettingsError, settings_table_markdown
 from model.cli import CommandError, add_model_commands
@@ -408,22 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_sigterm() -> Any:
     """SIGTERM (what `docker stop`, systemd and `kill` send) stops like Ctrl-C: KeyboardInterrupt, so the demo
     stops its worker and servers in its `finally`. Once: later SIGTERMs do not interrupt that clean-up.
-    (`serve` execs gunicorn, which handles SIGTERM itself; RQ's worker installs its own warm shutdown.)"""
+    (`serve` execs gunicorn, which handles SIGTERM itself; RQ's worker installs its own warm shutdown.)
+    Returns the handler it replaced, which :func:`main` puts back when the command is over."""
 
     def interrupt(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, lambda *_: None)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _stop_on_sigterm()
+    previous_sigterm = _stop_on_sigterm()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -440,8 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        # The command is over: a SIGTERM from here to the exit has nothing left to stop.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The command is over: the process gets back the SIGTERM handling it had (a caller's, or the default;
+        # never "ignored", which forked children would inherit and then could not be stopped).
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":  # pragma: no cover

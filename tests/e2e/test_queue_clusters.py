@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from ls_backend.jobs import CLUSTER_ID_STRIDE, JobContext, install_context, score_pool
+from ls_backend.jobs import CLUSTER_ID_STRIDE
+from ls_backend.processes import Worker, child_env
+from ls_backend.queues import RQRunner
 from ls_backend.registry import version_number
 from ls_backend.settings import Settings
 from ls_backend.studio import StudioClient
@@ -66,12 +68,15 @@ def test_clusters_are_written_and_next_serves_each_annotator_round_robin(
         ACQUISITION="combined",
     )
     _, version = registered_project(values, project)
-    install_context(JobContext(Settings.from_env(values)))
-    try:
-        result = score_pool(project.key, version)
-    finally:
-        install_context(None)
-    assert result["status"] == "scored" and result["scored"] == PAIRS
+    # Scored by a real `rgbt-al worker --burst` (the torch and BLAS threads of scoring stay out of the test
+    # process, whose later tests fork).
+    runner = RQRunner(Settings.from_env(values))
+    job_id = runner.enqueue("ls_backend.jobs.score_pool", project.key, version, description="score pool")
+    with Worker(env=child_env(values), log_path=tmp_path / "worker.log", burst=True) as worker:
+        assert worker.process is not None and worker.process.wait(600) == 0, worker.log_path.read_text()
+    state = runner.job(job_id)
+    assert state is not None and state.status == "finished", (state, worker.log_path.read_text()[-3000:])
+    assert state.result["status"] == "scored" and state.result["scored"] == PAIRS
 
     admin = StudioClient(label_studio.url, label_studio.token)
     other = StudioClient(label_studio.url, signed_up_token(label_studio))

@@ -324,7 +324,8 @@ def test_client_keeps_working_in_forked_children(studio: StudioClient, project: 
     _forked_client = studio
     try:
         with multiprocessing.get_context("fork").Pool(2) as pool:
-            titles = pool.map(_title_in_child, [project["id"]] * 4)
+            # A bounded wait: a child that dies takes its task with it and a plain map() waits forever.
+            titles = pool.map_async(_title_in_child, [project["id"]] * 4).get(timeout=120)
     finally:
         _forked_client = None
     assert titles == [project["title"]] * 4
