@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from model.network import BranchOutput
-from model.postprocess import decode_detections, decode_segmentation
+from model.postprocess import decode_detections, decode_segmentation, upsample_class_ids
 
 SIZE = (64, 80)  # height, width
 #: Two levels of default boxes (xyxy): 0 and 2 overlap (IoU 0.68), 1 and 3 stand alone, 4 leaves the image.
@@ -127,3 +127,30 @@ def test_defaults_keep_400_candidates_and_100_detections():
     (result,) = decode_detections(output, anchors, (10_000, 10_000), max_detections=count)
     assert len(result["scores"]) == 400
     torch.testing.assert_close(result["scores"], scores[:400])
+
+
+# ---------------------------------------------------------------------------------------- class-id upsampling
+def test_class_ids_at_the_network_size_are_the_argmax() -> None:
+    logits = torch.randn(4, 6, 7, generator=torch.Generator().manual_seed(0))
+    ids = upsample_class_ids(logits, (6, 7))
+    assert ids.shape == (6, 7) and torch.equal(ids, logits.argmax(dim=0))
+
+
+def test_banded_upsampling_of_blocky_classes_equals_the_full_upsampling() -> None:
+    """Large class regions (a trained model's output): most bands have few boundary pixels, so only those are
+    interpolated; the first bands have none at all (a band without boundaries must not end the loop)."""
+    height, width, classes = 12, 10, 4
+    regions = torch.zeros(height, width, dtype=torch.int64)
+    regions[5:, 3:] = 1
+    regions[8:, 7:] = 2
+    regions[9:11, :2] = 3
+    logits = 0.1 * torch.randn(classes, height, width, generator=torch.Generator().manual_seed(1))
+    logits.scatter_add_(0, regions[None], torch.full((1, height, width), 4.0))
+    for size in ((37, 31), (25, 21), (12, 23)):
+        full = torch.nn.functional.interpolate(logits[None], size, mode="bilinear", align_corners=False)[0]
+        for max_elements in (classes * size[1], classes * size[1] * 5, 1 << 23):  # 1-row bands .. one band
+            ids = upsample_class_ids(logits, size, max_elements=max_elements)
+            mismatch = ids != full.argmax(dim=0)
+            top2 = full.topk(2, dim=0).values
+            assert torch.all((top2[0] - top2[1])[mismatch] < 1e-5), (size, max_elements, mismatch.sum())
+            assert {int(c) for c in ids.unique()} == {0, 1, 2, 3}
