@@ -285,6 +285,34 @@ def test_embedding_clusters_are_seeded_and_follow_the_embeddings():
     assert ls_queue_clusters(25) == 5 and ls_queue_clusters(3) == 1
 
 
+def test_label_studio_next_order_keeps_ties_in_pool_order():
+    """Rank-encoded scores never tie, raw ones can: equal scores are served in pool order (40 ties, more
+    than numpy's unstable sort keeps in order)."""
+    ties = np.array([0.5, 0.25] * 20)
+    order = label_studio_next_order(ties, np.zeros(40, dtype=np.int64)).tolist()
+    assert order == [*range(1, 40, 2), *range(0, 40, 2)]
+
+
+def test_embedding_clusters_of_nothing_and_on_standardised_features():
+    """An empty pool has no clusters (an int64 array of none); a nuisance dimension a thousand times wider
+    than the two scenes' does not decide the clusters: features are standardised first."""
+    empty = embedding_clusters(np.zeros((0, 4), np.float32), 3, 0)
+    assert empty.shape == (0,) and empty.dtype == np.int64
+    scene = np.repeat([0.0, 1.0], 6)
+    embedding = np.column_stack([np.tile([0.0, 1000.0], 6), *[scene] * 32])
+    for seed in range(4):
+        labels = embedding_clusters(embedding, 2, seed)
+        assert len(set(labels[:6].tolist())) == 1 and labels[0] != labels[6], seed
+    assert ls_queue_clusters(26) == 6 and isinstance(ls_queue_clusters(26), int)
+
+
+def test_ls_queue_ranks_by_its_base_strategy():
+    s = two_scenes(np.random.default_rng(0))
+    np.testing.assert_array_equal(
+        LabelStudioQueueStrategy().base_score(s), make_strategy(DEFAULT_STRATEGY).base_score(s)
+    )
+
+
 def test_ls_queue_takes_the_best_of_each_cluster_in_turn():
     """The default strategy alone spends the batch on the most uncertain scene; what Label Studio serves
     with two clusters alternates scenes, each scene's most uncertain pairs first."""
