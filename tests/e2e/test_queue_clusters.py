@@ -102,16 +102,29 @@ def test_clusters_are_written_and_next_serves_each_annotator_round_robin(
     def label(client: StudioClient, task_id: int) -> None:
         client.create_annotation(task_id, [])
 
-    # Histories: the admin labelled the best task of the best cluster, the other user two tasks of
-    # another cluster; each then takes four tasks from /next, labelling each one served.
-    by_score = sorted(scores, key=scores.get)
-    first_cluster = clusters[by_score[0]]
-    second = [t for t in by_score if clusters[t] != first_cluster][:2]
-    histories = {"admin": [by_score[0]], "other": second}
-    label(admin, by_score[0])
+    def score_order(labelled: set[int]) -> list[int]:
+        return sorted((t for t in scores if t not in labelled), key=scores.get)
+
+    # Histories: the admin labelled one task, chosen (deterministically, from the stored scores and
+    # clusters) so that the rule serves something other than score order; the other user two tasks of
+    # another cluster. Each then takes four tasks from /next, labelling each one served.
+    by_score = score_order(set())
+
+    def other_history(first: int) -> list[int]:
+        return [t for t in by_score if clusters[t] != clusters[first]][:2]
+
+    def differs(first: int) -> bool:
+        labelled = {first, *other_history(first)}
+        return expected_order([first], labelled)[:4] != score_order(labelled)[:4]
+
+    # None found: the clusters change nothing, which the last assertion reports.
+    first = next((t for t in by_score if differs(t)), by_score[0])
+    second = other_history(first)
+    histories = {"admin": [first], "other": second}
+    label(admin, first)
     for task_id in second:
         label(other, task_id)
-    labelled = {by_score[0], *second}
+    labelled = {first, *second}
     score_only = []
     for name, client in (("admin", admin), ("other", other)):
         expected = expected_order(histories[name], labelled)[:4]
@@ -122,6 +135,6 @@ def test_clusters_are_written_and_next_serves_each_annotator_round_robin(
             served.append(int(task["id"]))
             label(client, int(task["id"]))
         assert served == expected, (name, served, expected, {t: (clusters[t], scores[t]) for t in scores})
-        score_only.append(sorted((t for t in scores if t not in labelled), key=scores.get)[:4] != served)
+        score_only.append(score_order(labelled)[:4] != served)
         labelled |= set(served)
     assert any(score_only), "the clusters changed nothing: the test would pass on score order alone"
