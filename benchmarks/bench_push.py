@@ -30,6 +30,7 @@ import numpy as np
 
 from ls_backend.admin import read_label_config
 from ls_backend.convert import class_names_from_schema, prediction_payload
+from ls_backend.label_config import ProjectSchema
 from ls_backend.settings import Settings
 from ls_backend.studio import StudioClient
 from model.inference import PairPrediction
@@ -55,6 +56,25 @@ def make_prediction(rng: np.random.Generator, classes: int) -> PairPrediction:
     )
 
 
+def project_with_tasks(
+    studio: StudioClient, title: str, label_config: str, schema: ProjectSchema, tasks: int
+) -> tuple[int, list[int]]:
+    """A new project of ``tasks`` pool tasks (local-files URLs, imported 2,000 at a time): its id and the
+    task ids."""
+    project = int(studio.create_project(title=f"{title} {time.time():.0f}", label_config=label_config)["id"])
+    task_ids: list[int] = []
+    for start in range(0, tasks, 2000):
+        chunk = [
+            {
+                schema.rgb.value_key: f"/data/local-files/?d=pool/rgb/{i:05d}.png",
+                schema.thermal.value_key: f"/data/local-files/?d=pool/thermal/{i:05d}.png",
+            }
+            for i in range(start, min(start + 2000, tasks))
+        ]
+        task_ids += studio.import_tasks(project, chunk)
+    return project, task_ids
+
+
 def measure(
     url: str,
     token: str,
@@ -70,20 +90,8 @@ def measure(
     page_size = args.page_size or Settings.from_env({}).push_page_size
     rng = np.random.default_rng(0)
     with StudioClient(url, token, timeout=300) as studio:
-        project = int(
-            studio.create_project(title=f"bench push {time.time():.0f}", label_config=label_config)["id"]
-        )
         started = time.perf_counter()
-        task_ids: list[int] = []
-        for start in range(0, args.tasks, 2000):
-            chunk = [
-                {
-                    schema.rgb.value_key: f"/data/local-files/?d=pool/rgb/{i:05d}.png",
-                    schema.thermal.value_key: f"/data/local-files/?d=pool/thermal/{i:05d}.png",
-                }
-                for i in range(start, min(start + 2000, args.tasks))
-            ]
-            task_ids += studio.import_tasks(project, chunk)
+        project, task_ids = project_with_tasks(studio, "bench push", label_config, schema, args.tasks)
         import_seconds = time.perf_counter() - started
 
         def payload(task_id: int, version: str) -> dict[str, Any]:
@@ -192,19 +200,7 @@ def measure_clusters(url: str, token: str, args: argparse.Namespace) -> dict[str
     page_size = args.page_size or Settings.from_env({}).push_page_size
     rng = np.random.default_rng(0)
     with StudioClient(url, token, timeout=300) as studio:
-        project = int(
-            studio.create_project(title=f"bench clusters {time.time():.0f}", label_config=label_config)["id"]
-        )
-        task_ids: list[int] = []
-        for start in range(0, args.tasks, 2000):
-            chunk = [
-                {
-                    schema.rgb.value_key: f"/data/local-files/?d=pool/rgb/{i:05d}.png",
-                    schema.thermal.value_key: f"/data/local-files/?d=pool/thermal/{i:05d}.png",
-                }
-                for i in range(start, min(start + 2000, args.tasks))
-            ]
-            task_ids += studio.import_tasks(project, chunk)
+        project, task_ids = project_with_tasks(studio, "bench clusters", label_config, schema, args.tasks)
 
         def payloads(ids: list[int], version: str) -> list[dict[str, Any]]:
             out = []
